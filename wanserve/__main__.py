@@ -1,0 +1,3 @@
+from wanserve.cli.main import app
+
+app()

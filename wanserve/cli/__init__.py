@@ -1,0 +1,1 @@
+"""The `wanserve` command line."""

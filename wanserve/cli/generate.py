@@ -1,0 +1,120 @@
+"""`wanserve generate`: one video from the command line, with a progress bar and stage timings."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from wanserve.cli.common import console, fail, settings_or_exit
+from wanserve.request import GenerationRequest, RequestError
+from wanserve.variants import Task
+
+
+def generate(
+    prompt: Annotated[str, typer.Option("--prompt", "-p", help="What the video shows.")] = "",
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the mp4.")] = Path("out.mp4"),
+    task: Annotated[Optional[Task], typer.Option(help="t2v | i2v | flf2v | v2v (default: from the inputs).")] = None,
+    image: Annotated[Optional[Path], typer.Option(help="First-frame image (i2v, flf2v).")] = None,
+    last_image: Annotated[Optional[Path], typer.Option(help="Last-frame image (flf2v).")] = None,
+    video: Annotated[Optional[Path], typer.Option(help="Input video (v2v).")] = None,
+    negative_prompt: Annotated[Optional[str], typer.Option(help="Default: the official Wan one.")] = None,
+    size: Annotated[str, typer.Option(help="W*H or WxH, snapped to the model's grid.")] = "512*512",
+    num_frames: Annotated[int, typer.Option(help="Snapped to 4n+1.")] = 41,
+    steps: Annotated[Optional[int], typer.Option("--steps", "--infer-steps", help="Default: the model's.")] = None,
+    guidance_scale: Annotated[Optional[float], typer.Option(help="Default: the model's.")] = None,
+    guidance_scale_2: Annotated[Optional[float], typer.Option(help="Low-noise expert (Wan2.2 A14B).")] = None,
+    sample_shift: Annotated[Optional[float], typer.Option(help="Flow shift; default: the model's.")] = None,
+    sample_solver: Annotated[str, typer.Option(help="unipc | euler | dpm++")] = "unipc",
+    strength: Annotated[float, typer.Option(help="v2v: how much to change (0-1].")] = 0.8,
+    seed: Annotated[Optional[int], typer.Option(help="Same seed, same video. Default: random.")] = None,
+    fps: Annotated[Optional[int], typer.Option(help="Frames per second of the mp4.")] = None,
+    resize_mode: Annotated[str, typer.Option(help="Fit input images: crop | pad | stretch.")] = "crop",
+    model: Annotated[Optional[Path], typer.Option(help="Model folder (MODEL_CKPT_DIR); default: the demo.")] = None,
+    device: Annotated[Optional[str], typer.Option(help="auto | cuda | npu | cpu (DEVICE).")] = None,
+    dtype: Annotated[Optional[str], typer.Option(help="auto | bf16 | fp16 | fp32 (DTYPE).")] = None,
+    t5_cpu: Annotated[Optional[bool], typer.Option("--t5-cpu/--no-t5-cpu", help="T5 on the CPU (T5_CPU).")] = None,
+    vae_tiling: Annotated[Optional[bool], typer.Option("--vae-tiling/--no-vae-tiling", help="VAE_TILING.")] = None,
+    attention_backend: Annotated[Optional[str], typer.Option(help="ATTENTION_BACKEND.")] = None,
+) -> None:
+    """Generate one video and write it (plus a .jpg thumbnail of the first frame)."""
+    settings = settings_or_exit(model_ckpt_dir=model, device=device, dtype=dtype, t5_cpu=t5_cpu,
+                                vae_tiling=vae_tiling, attention_backend=attention_backend)
+    try:
+        request = GenerationRequest(
+            task=task, prompt=prompt, negative_prompt=negative_prompt,
+            image=str(image) if image else None, last_image=str(last_image) if last_image else None,
+            video=str(video) if video else None, size=size, num_frames=num_frames, infer_steps=steps,
+            guidance_scale=guidance_scale, guidance_scale_2=guidance_scale_2, sample_shift=sample_shift,
+            sample_solver=sample_solver, strength=strength, seed=seed, fps=fps, resize_mode=resize_mode,
+        )
+    except ValueError as e:
+        raise fail(str(e), 2) from None
+    run_generation(settings, request, output)
+
+
+def run_generation(settings, request: GenerationRequest, output: Path) -> None:
+    # Imported here: `wanserve --help` should not pay for torch.
+    from wanserve import media
+    from wanserve.engine.engine import WanEngine
+    from wanserve.engine.errors import GenerationError
+    from wanserve.variants import ModelFolderError
+
+    with console.status("loading model..."):
+        try:
+            engine = WanEngine.from_settings(settings)
+        except (ModelFolderError, GenerationError, OSError) as e:
+            raise fail(f"cannot load the model: {e}") from None
+    try:
+        resolved = engine.resolve(request)
+    except RequestError as e:
+        raise fail(f"{e.field}: {e.message}", 2) from None
+    for adj in resolved.adjustments:
+        console.print(f"[yellow]note:[/yellow] {adj.field} {adj.requested} -> {adj.used}: {adj.reason}")
+    console.print(
+        f"model [bold]{engine.model_label}[/bold] on {engine.device_info.describe()} | {resolved.task.value} "
+        f"{resolved.size} x {resolved.num_frames} frames, {resolved.infer_steps} steps, seed {resolved.seed}"
+    )
+    progress = Progress(
+        TextColumn("{task.description:<8}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), console=console, transient=False,
+    )
+    started: dict[str, float] = {}
+
+    def on_step(step: int, total: int, stage: str) -> None:
+        if stage == "denoise":
+            started.setdefault("denoise", time.perf_counter() - 1e-9)
+            per_step = (time.perf_counter() - started["denoise"]) / max(step, 1)
+            progress.update(bar, completed=step, total=total, description=stage, rate=f"{per_step:.2f} s/step")
+        else:
+            progress.update(bar, description=stage, total=total)
+
+    with progress:
+        bar = progress.add_task("encode", total=resolved.infer_steps, rate="")
+        try:
+            result = engine.generate(resolved, on_step)
+        except RequestError as e:
+            raise fail(f"{e.field}: {e.message}", 2) from None
+        except GenerationError as e:
+            raise fail(e.message) from None
+    write_start = time.perf_counter()
+    try:
+        size = media.write_mp4(result.frames, output, result.request.fps)
+        media.write_thumbnail(result.frames[0], output.with_suffix(".jpg"))
+    except OSError as e:
+        raise fail(f"cannot write {output}: {e}") from None
+    timings = {"load": engine.load_seconds, **result.timings, "write": time.perf_counter() - write_start}
+
+    table = Table(title=f"{output} ({size / 1024:.0f} KiB)", show_header=True)
+    table.add_column("stage")
+    table.add_column("seconds", justify="right")
+    for stage, seconds in timings.items():
+        table.add_row(stage, f"{seconds:.2f}")
+    table.add_row("s/step", f"{result.seconds_per_step:.3f}")
+    console.print(table)
+    if engine.components.random_weights:
+        console.print("[yellow]note:[/yellow] the demo model has random weights: its video is noise.")

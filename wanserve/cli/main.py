@@ -1,0 +1,22 @@
+"""Entry point of the `wanserve` command."""
+
+from __future__ import annotations
+
+import typer
+
+from wanserve.cli.generate import generate
+from wanserve.cli.models import make_tiny_model
+
+app = typer.Typer(
+    name="wanserve",
+    help="Wan2.x video generation: a CLI and an HTTP service.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.command("generate")(generate)
+app.command("make-tiny-model")(make_tiny_model)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,51 @@
+"""How one denoising run is spread over the ranks of a group.
+
+The engine calls these three points of its loop through a `ParallelPlan`. `SingleProcess` is the
+plan of a group of one; multi-rank plans (Ulysses, Ring, CFG parallel, VAE parallel) implement
+the same interface in `wanserve.engine.distributed`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+
+class ParallelPlan:
+    """One process does everything. Subclasses split work across ranks."""
+
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_leader(self) -> bool:
+        return self.rank == 0
+
+    def agree_to_stop(self, stop: bool) -> bool:
+        """Every rank must take the same branch: the leader's decision wins."""
+        return stop
+
+    def guided_noise(
+        self,
+        predict: Callable[[str], torch.Tensor],
+        guidance_scale: float,
+        use_guidance: bool,
+    ) -> torch.Tensor:
+        """noise = uncond + g * (cond - uncond); `predict("cond"|"uncond")` runs one pass."""
+        cond = predict("cond")
+        if not use_guidance:
+            return cond
+        uncond = predict("uncond")
+        return uncond + guidance_scale * (cond - uncond)
+
+    def decode(self, vae: torch.nn.Module, latents: torch.Tensor) -> torch.Tensor:
+        """Latents [B, C, T, h, w] -> video [B, 3, F, H, W] in [-1, 1]."""
+        return vae.decode(latents, return_dict=False)[0]
+
+    def needs_text_on_rank(self, branch: str) -> bool:
+        """Whether this rank needs the `branch` ('cond' / 'uncond') text embedding."""
+        return True
+
+
+SINGLE_PROCESS = ParallelPlan()
