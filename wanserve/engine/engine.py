@@ -25,7 +25,7 @@ from wanserve.engine.components import WanComponents, load_components
 from wanserve.engine.errors import OUT_OF_MEMORY_HINT, GenerationCancelled, GenerationError
 from wanserve.engine.parallel_plan import SINGLE_PROCESS, ParallelPlan
 from wanserve.engine.schedulers import make_scheduler
-from wanserve.engine.step_cache import CacheOptions, check_cache_supported, enable_step_cache, reset_step_cache
+from wanserve.engine.step_cache import CacheOptions, enable_step_cache, reset_step_cache
 from wanserve.engine.tiny_model import ensure_demo_model
 from wanserve.request import Adjustment, GenerationRequest, RequestError, ResolvedRequest, resolve, snap_frames
 from wanserve.settings import Settings
@@ -211,11 +211,6 @@ class WanEngine:
     def resolve(self, request: GenerationRequest) -> ResolvedRequest:
         """Decide every value of `request` for this model (snapping reported), or RequestError."""
         resolved = resolve(request, self.variant)
-        if self.options.step_cache is not None:
-            try:
-                check_cache_supported(resolved.task)
-            except ValueError as e:
-                raise RequestError("task", str(e), code="task_not_supported") from None
         if self.components.random_weights and self.options.demo_steps_limit:
             limit = self.options.demo_steps_limit
             if resolved.infer_steps > limit:

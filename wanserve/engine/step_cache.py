@@ -11,9 +11,11 @@ from dataclasses import dataclass
 
 import torch
 
-from wanserve.variants import Task
 
 POLICIES = ("first_block", "taylorseer", "pab")
+# diffusers' default TaylorSeer patterns end in "attn" and so match none of Wan's modules
+# (attn1, attn2, ffn): name them, or the cache silently does nothing.
+WAN_TAYLORSEER_MODULES = [r"^blocks\.\d+\.attn1$", r"^blocks\.\d+\.attn2$", r"^blocks\.\d+\.ffn$"]
 
 
 class CacheUnsupportedError(ValueError):
@@ -42,6 +44,7 @@ def cache_config(options: CacheOptions, dtype: torch.dtype, current_timestep: Ca
             disable_cache_before_step=options.warmup_steps,
             max_order=options.taylor_order,
             taylor_factors_dtype=dtype,
+            cache_identifiers=WAN_TAYLORSEER_MODULES,
         )
     if options.policy == "pab":
         return PyramidAttentionBroadcastConfig(
@@ -66,10 +69,3 @@ def reset_step_cache(experts: list[torch.nn.Module]) -> None:
         if getattr(expert, "is_cache_enabled", False):
             expert._reset_stateful_cache()
 
-
-def check_cache_supported(task: Task) -> None:
-    if task is Task.v2v:
-        raise CacheUnsupportedError(
-            "the step cache (USE_ATTENTION_CACHE) does not support v2v: its partial schedule starts mid-way, "
-            "where cached residuals are stale; turn USE_ATTENTION_CACHE off to run v2v"
-        )
