@@ -17,7 +17,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 DeviceKind = Literal["auto", "cuda", "npu", "cpu"]
 DtypeName = Literal["auto", "bf16", "fp16", "fp32"]
 CachePolicy = Literal["first_block", "taylorseer", "pab"]
-OffloadMode = Literal["none", "model", "sequential"]
+OffloadMode = Literal["none", "model", "group"]
 
 
 class SettingsError(ValueError):
@@ -64,7 +64,12 @@ class Settings(BaseSettings):
         "auto", description="auto, or a diffusers attention backend (flash, _native_cudnn, _native_npu, native, ...)."
     )
     vae_tiling: bool = Field(False, description="Decode the VAE in tiles (less memory for large videos).")
-    cpu_offload: OffloadMode = Field("none", description="none | model (whole models) | sequential (per layer).")
+    vae_tile_size: int | None = Field(
+        None, ge=32, description="VAE tile side in pixels (default: diffusers' 256); tiles overlap by a quarter."
+    )
+    cpu_offload: OffloadMode = Field(
+        "none", description="none | model (each model on the device only while it runs) | group (block by block)."
+    )
     cache_policy: CachePolicy = Field("first_block", description="Step cache used when USE_ATTENTION_CACHE is on.")
     cache_threshold: float = Field(0.05, gt=0, description="FirstBlockCache relative-change threshold.")
     cache_interval: int = Field(5, ge=1, description="TaylorSeer: full computation every N steps.")

@@ -23,6 +23,7 @@ from wanserve import media
 from wanserve.engine import devices, quiet_libraries
 from wanserve.engine.components import WanComponents, load_components
 from wanserve.engine.errors import OUT_OF_MEMORY_HINT, GenerationCancelled, GenerationError
+from wanserve.engine.offload import ModelOffload
 from wanserve.engine.parallel_plan import SINGLE_PROCESS, ParallelPlan
 from wanserve.engine.schedulers import make_scheduler
 from wanserve.engine.step_cache import CacheOptions, enable_step_cache, reset_step_cache
@@ -68,7 +69,8 @@ class EngineOptions:
         values: dict[str, Any] = dict(
             device=settings.device, dtype=settings.dtype, vae_dtype=settings.vae_dtype,
             attention_backend=settings.attention_backend, t5_cpu=settings.t5_cpu,
-            vae_tiling=settings.vae_tiling, cpu_offload=settings.cpu_offload, step_cache=cache,
+            vae_tiling=settings.vae_tiling, vae_tile_size=settings.vae_tile_size,
+            cpu_offload=settings.cpu_offload, step_cache=cache,
             demo_steps_limit=settings.demo_steps_limit,
         )
         values.update(overrides)
@@ -115,6 +117,7 @@ class WanEngine:
         self.text_device = torch.device("cpu") if options.t5_cpu else self.device
         self.load_seconds = 0.0
         self._current_timestep = 0.0
+        self.offload: ModelOffload | None = None
         self._place_modules()
         self.attention_backend = self._set_attention_backend()
         if options.vae_tiling:
@@ -151,15 +154,21 @@ class WanEngine:
 
     def _place_modules(self) -> None:
         c = self.components
+        for module in (*c.experts, c.vae, c.text_encoder, c.image_encoder):
+            if module is not None:
+                module.eval().requires_grad_(False)
         if self.options.cpu_offload != "none":
-            return  # the offload hooks move modules on demand (see _pipeline)
+            # Hooks move each model to the device while it runs; with T5_CPU the text encoder stays put.
+            order = [c.text_encoder] if not self.options.t5_cpu else []
+            order += [m for m in (c.image_encoder, *c.experts, c.vae) if m is not None]
+            self.offload = ModelOffload(self.options.cpu_offload, order, self.device)
+            if self.options.t5_cpu:
+                c.text_encoder.to(self.text_device)
+            return
         for module in (*c.experts, c.vae, c.image_encoder):
             if module is not None:
                 module.to(self.device)
         c.text_encoder.to(self.text_device)
-        for module in (*c.experts, c.vae, c.text_encoder, c.image_encoder):
-            if module is not None:
-                module.eval().requires_grad_(False)
 
     def _set_attention_backend(self) -> str:
         name = self.options.attention_backend
@@ -200,10 +209,6 @@ class WanEngine:
                 expand_timesteps=self.variant.expand_timesteps,
             )
         pipe.set_progress_bar_config(disable=True)
-        if self.options.cpu_offload == "model":
-            pipe.enable_model_cpu_offload(device=self.device)
-        elif self.options.cpu_offload == "sequential":
-            pipe.enable_sequential_cpu_offload(device=self.device)
         self._pipelines[kind] = pipe
         return pipe
 
@@ -240,6 +245,8 @@ class WanEngine:
             raise
         finally:
             reset_step_cache(self.components.experts)
+            if self.offload is not None:
+                self.offload.release()
         return GenerationResult(frames=frames, request=resolved, timings=watch.timings, steps=steps)
 
     def _check(self, on_step: StepCallback, step: int, total: int, stage: str) -> None:
