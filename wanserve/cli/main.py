@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from wanserve.cli.bench import bench
 from wanserve.cli.generate import generate
 from wanserve.cli.models import make_tiny_model
 
@@ -16,6 +17,7 @@ app = typer.Typer(
 )
 app.command("generate")(generate)
 app.command("make-tiny-model")(make_tiny_model)
+app.command("bench")(bench)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,1 @@
+"""Operator tools: the benchmark client and the diagnostics (no torch at import time)."""
