@@ -92,6 +92,12 @@ class Settings(BaseSettings):
     t5_fsdp: bool = Field(False, description="Shard the T5 encoder across the ranks of a group (FSDP2).")
     collective_timeout: float = Field(600.0, gt=0, description="Seconds before a stuck collective ends the group.")
     master_port: int = Field(0, ge=0, le=65535, description="Rendezvous port of a group (0: pick a free one).")
+    # Set by torchrun (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR): this process is one rank of a
+    # group someone else started. Unset: wanserve starts the ranks of its groups itself.
+    rank: int | None = Field(None, ge=0, description="torchrun: this process's rank in its group.")
+    world_size: int | None = Field(None, ge=1, description="torchrun: the number of ranks in the group.")
+    local_rank: int | None = Field(None, ge=0, description="torchrun: this process's index on its host.")
+    master_addr: str = Field("127.0.0.1", description="Rendezvous host of a group (torchrun sets it).")
 
     # --- Task service ----------------------------------------------------------------------
     database_url: str | None = Field(

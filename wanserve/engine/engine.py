@@ -112,7 +112,8 @@ class WanEngine:
         self.options = options
         self.plan = plan
         self.device_info = devices.detect(options.device)
-        self.device = self.device_info.torch_device(options.device_index)
+        # A rank of a group runs on the device its plan was bound to.
+        self.device = plan.device or self.device_info.torch_device(options.device_index)
         self.dtype = devices.resolve_dtype(options.dtype, self.device_info)
         self.text_device = torch.device("cpu") if options.t5_cpu else self.device
         self.load_seconds = 0.0
@@ -120,6 +121,7 @@ class WanEngine:
         self.offload: ModelOffload | None = None
         self._place_modules()
         self.attention_backend = self._set_attention_backend()
+        self.plan.prepare(self)  # context parallel / FSDP of a multi-rank plan
         if options.vae_tiling:
             size = options.vae_tile_size
             components.vae.enable_tiling(
@@ -165,10 +167,12 @@ class WanEngine:
             if self.options.t5_cpu:
                 c.text_encoder.to(self.text_device)
             return
-        for module in (*c.experts, c.vae, c.image_encoder):
+        experts = [] if self.plan.places("transformer") else list(c.experts)
+        for module in (*experts, c.vae, c.image_encoder):
             if module is not None:
                 module.to(self.device)
-        c.text_encoder.to(self.text_device)
+        if not self.plan.places("text_encoder"):
+            c.text_encoder.to(self.text_device)
 
     def _set_attention_backend(self) -> str:
         name = self.options.attention_backend
@@ -224,6 +228,7 @@ class WanEngine:
                     reason=f"the demo model runs at most {limit} steps (DEMO_STEPS_LIMIT)",
                 ))
                 resolved.infer_steps = limit
+        self.plan.check_request(resolved, self)
         return resolved
 
     def generate(self, request: GenerationRequest | ResolvedRequest,
@@ -275,12 +280,19 @@ class WanEngine:
 
         # 2. Encode the prompt (on the CPU with T5_CPU; embeddings then move to the device).
         with watch.stage("encode"):
-            need_uncond = r.uses_guidance
-            prompt_embeds, negative_embeds = pipe.encode_prompt(
-                prompt=r.prompt, negative_prompt=r.negative_prompt, do_classifier_free_guidance=need_uncond,
-                num_videos_per_prompt=1, max_sequence_length=MAX_TEXT_TOKENS, device=self.text_device,
-            )
-            prompt_embeds = prompt_embeds.to(device, self.dtype)
+            need_uncond = r.uses_guidance and self.plan.needs_text_on_rank("uncond")
+            if self.plan.needs_text_on_rank("cond"):
+                prompt_embeds, negative_embeds = pipe.encode_prompt(
+                    prompt=r.prompt, negative_prompt=r.negative_prompt, do_classifier_free_guidance=need_uncond,
+                    num_videos_per_prompt=1, max_sequence_length=MAX_TEXT_TOKENS, device=self.text_device,
+                )
+                prompt_embeds = prompt_embeds.to(device, self.dtype)
+            else:  # this rank runs only the unconditional pass (CFG parallel)
+                prompt_embeds = None
+                negative_embeds, _ = pipe.encode_prompt(
+                    prompt=r.negative_prompt, do_classifier_free_guidance=False,
+                    num_videos_per_prompt=1, max_sequence_length=MAX_TEXT_TOKENS, device=self.text_device,
+                )
             if negative_embeds is not None:
                 negative_embeds = negative_embeds.to(device, self.dtype)
 

@@ -8,8 +8,13 @@ the same interface in `wanserve.engine.distributed`.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from wanserve.engine.engine import WanEngine
+    from wanserve.request import ResolvedRequest
 
 
 class ParallelPlan:
@@ -17,6 +22,7 @@ class ParallelPlan:
 
     rank: int = 0
     world_size: int = 1
+    device: torch.device | None = None  # a rank's bound device; None: the engine's options decide
 
     @property
     def is_leader(self) -> bool:
@@ -46,6 +52,25 @@ class ParallelPlan:
     def needs_text_on_rank(self, branch: str) -> bool:
         """Whether this rank needs the `branch` ('cond' / 'uncond') text embedding."""
         return True
+
+    # Hooks for multi-rank plans (wanserve.engine.distributed.GroupPlan); no-ops for one process.
+    def broadcast_object(self, obj: Any) -> Any:
+        """The leader's `obj` on every rank (a request, a decision)."""
+        return obj
+
+    def places(self, role: str) -> bool:
+        """True when `prepare` puts the `role` modules ('transformer', 'text_encoder') on the
+        device itself (FSDP moves only this rank's shard there), so the engine must not."""
+        return False
+
+    def prepare(self, engine: "WanEngine") -> None:
+        """Called once the engine placed its modules and set the attention backend."""
+
+    def check_request(self, request: "ResolvedRequest", engine: "WanEngine") -> None:
+        """Raise RequestError for a request this layout cannot run (e.g. CFG parallel without guidance)."""
+
+    def describe(self) -> str:
+        return "single process"
 
 
 SINGLE_PROCESS = ParallelPlan()
