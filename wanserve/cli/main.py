@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from wanserve.cli.bench import bench
+from wanserve.cli.convert import convert
 from wanserve.cli.generate import generate
 from wanserve.cli.models import make_tiny_model
 
@@ -17,6 +18,7 @@ app = typer.Typer(
 )
 app.command("generate")(generate)
 app.command("make-tiny-model")(make_tiny_model)
+app.command("convert")(convert)
 app.command("bench")(bench)
 
 

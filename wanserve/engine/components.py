@@ -50,7 +50,9 @@ def model_name(folder: Path, variant: VariantSpec) -> str:
 def load_diffusers_folder(folder: Path, dtype: torch.dtype, vae_dtype: torch.dtype) -> WanComponents:
     """Load a diffusers-layout Wan folder, offline, weights memory-mapped where possible."""
     from diffusers import AutoencoderKLWan, WanTransformer3DModel
-    from transformers import AutoTokenizer, CLIPImageProcessor, CLIPVisionModel, UMT5EncoderModel
+    from transformers import AutoTokenizer, CLIPVisionModel, UMT5EncoderModel
+
+    from wanserve.engine.checkpoints.clip_preprocess import load_image_processor
 
     folder = Path(folder)
     if not is_diffusers_folder(folder):
@@ -80,7 +82,7 @@ def load_diffusers_folder(folder: Path, dtype: torch.dtype, vae_dtype: torch.dty
     image_encoder = image_processor = None
     if variant.uses_clip:
         image_encoder = CLIPVisionModel.from_pretrained(str(need("image_encoder")), torch_dtype=dtype, **common)
-        image_processor = CLIPImageProcessor.from_pretrained(str(need("image_processor")), **common)
+        image_processor = load_image_processor(need("image_processor"))
     scheduler_config = json.loads((need("scheduler") / "scheduler_config.json").read_text())
     return WanComponents(
         variant=variant,
@@ -104,6 +106,7 @@ def load_components(folder: Path, dtype: torch.dtype, vae_dtype: torch.dtype) ->
         raise ModelFolderError(f"model folder {folder} does not exist")
     if is_diffusers_folder(folder):
         return load_diffusers_folder(folder, dtype, vae_dtype)
-    raise ModelFolderError(
-        f"{folder} is not a Wan model folder: no model_index.json (diffusers layout) found"
-    )
+    # Anything else is read as an official Wan folder, whose inspection names what is missing.
+    from wanserve.engine.checkpoints.official import load_official_folder
+
+    return load_official_folder(folder, dtype, vae_dtype)
