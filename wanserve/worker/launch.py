@@ -75,7 +75,9 @@ class GroupProcesses:
     device_indices: list[int]
     kill_grace: float = DEFAULT_KILL_GRACE
     failure: str | None = None  # why the group was stopped, once a rank exited abnormally
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    # Reaping a child (waitpid) from two threads loses its exit code for one of them: every
+    # look at a process's state goes through this lock (the monitor thread looks too).
+    _lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
     _monitor: threading.Thread | None = field(default=None, repr=False)
 
     @property
@@ -88,20 +90,34 @@ class GroupProcesses:
 
     @property
     def exitcodes(self) -> list[int | None]:
-        return [p.exitcode for p in self.processes]
+        with self._lock:
+            return [p.exitcode for p in self.processes]
 
     def alive(self) -> bool:
         """True while every rank runs (a group missing a rank cannot do any work)."""
-        return all(p.is_alive() for p in self.processes)
+        with self._lock:
+            return all(p.is_alive() for p in self.processes)
 
     def any_alive(self) -> bool:
-        return any(p.is_alive() for p in self.processes)
+        with self._lock:
+            return any(p.is_alive() for p in self.processes)
 
     def join(self, timeout: float | None = None) -> list[int | None]:
         """Wait until every rank exited (or `timeout` seconds); the exit codes, None for running ones."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        for p in self.processes:
-            p.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        pending = [p.sentinel for p in self.processes]
+        while pending:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                break
+            for ready in multiprocessing.connection.wait(pending, left):
+                pending.remove(ready)  # type: ignore[arg-type]
+        with self._lock:
+            for p in self.processes:
+                if p.sentinel not in pending:
+                    # Its sentinel closes an instant before the kernel can report the exit status:
+                    # a blocking join (not a poll) collects it.
+                    p.join()
         return self.exitcodes
 
     def kill(self, grace: float | None = None) -> None:
@@ -127,9 +143,11 @@ class GroupProcesses:
             for sentinel in multiprocessing.connection.wait(list(pending)):
                 rank = pending.pop(sentinel)  # type: ignore[call-overload]
                 process = self.processes[rank]
-                process.join(1.0)
-                code = process.exitcode
-                if code not in (0, None) and any(p.is_alive() for p in self.processes):
+                with self._lock:
+                    process.join(1.0)
+                    code = process.exitcode
+                    others_alive = any(p.is_alive() for p in self.processes)
+                if code not in (0, None) and others_alive:
                     self.failure = f"rank {rank} (pid {process.pid}) exited with code {code}"
                     log.error("%s: stopping the other ranks of the group", self.failure)
                     self.kill()
