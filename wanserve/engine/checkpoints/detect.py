@@ -124,7 +124,8 @@ def _weight_shards(folder: Path) -> tuple[Path, ...]:
     )
 
 
-def _dit_files(folder: Path) -> DiTFiles:
+def read_dit_files(folder: Path) -> DiTFiles:
+    """The config and weight files of one official transformer folder (checked to exist)."""
     config = _read_config(folder / CONFIG_FILE)
     return DiTFiles(folder=folder, config=config, shards=_weight_shards(folder))
 
@@ -161,7 +162,7 @@ def inspect_official_folder(folder: Path) -> OfficialLayout:
         for name in (HIGH_NOISE_DIR, LOW_NOISE_DIR):
             if not (folder / name).is_dir():
                 raise ModelFolderError(f"{folder} lacks {name}/ (Wan2.2 A14B folders hold both experts)")
-        experts = (_dit_files(folder / HIGH_NOISE_DIR), _dit_files(folder / LOW_NOISE_DIR))
+        experts = (read_dit_files(folder / HIGH_NOISE_DIR), read_dit_files(folder / LOW_NOISE_DIR))
         keys = [(e.config["model_type"], e.config["in_dim"]) for e in experts]
         if keys[0] != keys[1]:
             raise ModelFolderError(
@@ -175,7 +176,7 @@ def inspect_official_folder(folder: Path) -> OfficialLayout:
                 f"{folder} is not a Wan model folder: it has neither model_index.json (diffusers layout) "
                 f"nor {CONFIG_FILE} or {HIGH_NOISE_DIR}/ (official Wan layout)"
             )
-        dits = (_dit_files(folder),)
+        dits = (read_dit_files(folder),)
         table = _SINGLE_MODEL_VARIANTS
     model_type, in_dim = dits[0].config["model_type"], dits[0].config["in_dim"]
     name = table.get((model_type, in_dim))
