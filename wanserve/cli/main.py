@@ -8,6 +8,7 @@ from wanserve.cli.bench import bench
 from wanserve.cli.convert import convert
 from wanserve.cli.generate import generate
 from wanserve.cli.models import make_tiny_model
+from wanserve.cli.serve import serve, worker
 
 app = typer.Typer(
     name="wanserve",
@@ -20,6 +21,8 @@ app.command("generate")(generate)
 app.command("make-tiny-model")(make_tiny_model)
 app.command("convert")(convert)
 app.command("bench")(bench)
+app.command("serve")(serve)
+app.command("worker")(worker)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,58 @@
+"""Rank 0's heartbeat thread: renews the group's registry row and its running task's lease.
+
+It runs beside the engine, so a long step never lets the lease lapse. What it cannot see is a
+step that never ends: the supervisor's watchdog compares the last *step* time instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from wanserve.tasks import TaskStore
+
+log = logging.getLogger("wanserve.worker")
+
+
+class Heartbeat:
+    def __init__(self, store: TaskStore, lease_owner: str, lease_seconds: float) -> None:
+        self._store = store
+        self._lease_owner = lease_owner
+        self._lease_seconds = lease_seconds
+        self.interval = max(0.2, min(lease_seconds / 3, 10.0))
+        self._task_id: str | None = None
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self.lease_lost = threading.Event()  # the current task was taken from this group
+        self._thread = threading.Thread(target=self._run, name="wanserve-heartbeat", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def track(self, task_id: str | None) -> None:
+        """Renew the lease of `task_id` from now on (None: no task)."""
+        with self._lock:
+            self._task_id = task_id
+            self.lease_lost.clear()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            with self._lock:
+                task_id = self._task_id
+            try:
+                held = self._store.heartbeat(self._lease_owner, task_id, self._lease_seconds)
+            except SQLAlchemyError as e:  # the database is unreachable for a moment: try again
+                log.warning("heartbeat failed: %s", e)
+                continue
+            if task_id is not None and not held:
+                with self._lock:
+                    if self._task_id == task_id:
+                        log.warning("lost the lease of task %s (it was given to another group)", task_id)
+                        self.lease_lost.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
