@@ -422,7 +422,7 @@ def test_unused_and_missing_keys_are_named(official, tmp_path):
     folder = _copy(official, "wan2.1-flf2v", tmp_path)
     weights = folder / detect.WEIGHTS_FILE
     _rewrite_safetensors(weights, lambda s: s.update({"blocks.0.cross_attn.extra.weight": torch.zeros(2)}))
-    with pytest.raises(CheckpointKeyError, match=r"checkpoint keys no transformer .* takes: blocks\.0\.cross_attn\.extra\.weight"):
+    with pytest.raises(CheckpointKeyError, match=r"transformer \(.*\): checkpoint keys it has no place for: blocks\.0\.cross_attn\.extra\.weight"):
         load_components(folder, FP32, FP32)
     _rewrite_safetensors(weights, lambda s: (s.pop("blocks.0.cross_attn.extra.weight"), s.pop("head.modulation")))
     with pytest.raises(CheckpointKeyError, match=r"weights the checkpoint lacks: scale_shift_table"):
@@ -445,6 +445,20 @@ def test_unused_and_missing_keys_are_named(official, tmp_path):
     state["decoder.extra.gamma"] = torch.ones(3)
     torch.save(state, folder / detect.VAE21_FILE)
     with pytest.raises(CheckpointKeyError, match=r"VAE \(Wan2\.1_VAE\.pth\).*decoder\.extra\.gamma"):
+        load_components(folder, FP32, FP32)
+
+
+def test_shapes_that_disagree_with_the_config_are_named(official, tmp_path):
+    folder = _copy(official, "wan2.1-t2v", tmp_path)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "dim": 48, "num_heads": 4}))
+    with pytest.raises(CheckpointKeyError, match=r"patch_embedding\.weight is \(24, 16, 1, 2, 2\), but .*config\.json says dim=48"):
+        load_components(folder, FP32, FP32)
+    (folder / "config.json").write_text(json.dumps(config))
+    state = torch.load(str(folder / detect.T5_FILE), weights_only=True)
+    state["blocks.0.attn.o.weight"] = torch.zeros(32, 16, dtype=torch.bfloat16)
+    torch.save(state, folder / detect.T5_FILE)
+    with pytest.raises(CheckpointKeyError, match=r"has shape \(32, 16\) in the checkpoint, the model needs \(32, 32\)"):
         load_components(folder, FP32, FP32)
 
 
@@ -478,3 +492,23 @@ def test_cli_convert_reports_bad_folders_with_exit_code_2(official, tmp_path):
         assert run.returncode == 2
         assert message in " ".join(run.stderr.split())
     assert not (tmp_path / "out").exists()
+
+
+# ============================================================================ memory
+
+
+def test_loading_maps_weights_instead_of_copying_them(tmp_path):
+    """The memory claim, small: a bf16 transformer loaded as bf16 adds (almost) no private memory;
+    its weights are the file's mapped pages (measured in a fresh process by the benchmark's code)."""
+    import argparse
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("load_memory", Path(__file__).parents[1] / "benchmarks" / "load_memory.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    args = argparse.Namespace(dim=512, ffn=2048, layers=12, shards=2, t5_layers=0, file_dtype="bf16")
+    size = bench.write_checkpoints(tmp_path, args)["transformer"]
+    ours = bench.run_child("transformer", "wanserve", tmp_path, "bf16")
+    assert size > 80 * 2**20 and abs(ours["model_bytes"] - size) < 0.01 * size  # bf16 file, bf16 model
+    assert ours["peak_anon"] < 0.2 * size  # private memory: a small fraction of the checkpoint (a copy would be 1x)
+    assert ours["peak_rss"] < 1.3 * size  # everything resident after reading every weight, mapped pages included

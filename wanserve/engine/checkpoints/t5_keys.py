@@ -65,8 +65,7 @@ def t5_config(state: StateDict, file: Path):
         num_decoder_layers=num_layers, num_heads=heads, relative_attention_num_buckets=buckets,
         relative_attention_max_distance=MAX_DISTANCE, feed_forward_proj="gated-gelu",
         layer_norm_epsilon=LAYER_NORM_EPS, dropout_rate=0.1, pad_token_id=0, eos_token_id=1,
-        decoder_start_token_id=0, tie_word_embeddings=False, scalable_attention=True,
-        tokenizer_class="T5Tokenizer",
+        decoder_start_token_id=0, tie_word_embeddings=False,
     )
 
 

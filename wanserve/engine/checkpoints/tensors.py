@@ -124,9 +124,9 @@ def assign_state_dict(model: torch.nn.Module, state: StateDict, what: str, dtype
     if missing or unused:
         parts = []
         if unused:
-            parts.append(f"checkpoint keys no {what} weight takes: {_names(origin.get(k, k) for k in unused)}")
+            parts.append(f"checkpoint keys it has no place for: {_names(origin.get(k, k) for k in unused)}")
         if missing:
-            parts.append(f"{what} weights the checkpoint lacks: {_names(missing)}")
+            parts.append(f"weights the checkpoint lacks: {_names(missing)}")
         raise CheckpointKeyError(f"{what}: " + "; ".join(parts))
     keep = fp32_modules(model, dtype)
     ready: StateDict = {}
@@ -134,7 +134,8 @@ def assign_state_dict(model: torch.nn.Module, state: StateDict, what: str, dtype
         want = expected[key]
         if tuple(want.shape) != tuple(tensor.shape):
             raise CheckpointKeyError(
-                f"{what}: {key} has shape {tuple(tensor.shape)} in the checkpoint, the model needs {tuple(want.shape)}"
+                f"{what}: {origin.get(key, key)} has shape {tuple(tensor.shape)} in the checkpoint, "
+                f"the model needs {tuple(want.shape)} for {key}"
             )
         if tensor.is_floating_point():
             target = torch.float32 if _keep_fp32(key, keep) else (dtype or tensor.dtype)
