@@ -5,7 +5,7 @@ All methods are synchronous and thread-safe (each opens its own short transactio
 call them from its threadpool. Nothing here imports torch.
 
 Submitting side (the API):
-    enqueue, get, list_tasks, counts, cancel, delete, wait_for_change, list_groups,
+    enqueue, get, list_tasks, counts, finished_since, cancel, delete, wait_for_change, list_groups,
     new_task_id / inputs_dir / results_dir (where files of a task live)
 Worker side (supervisors and groups):
     claim, heartbeat, report_progress, is_cancel_requested, complete, fail, finish_cancelled,
@@ -38,7 +38,7 @@ from wanserve.tasks.database import ENQUEUE_LOCK, Database
 from wanserve.tasks.errors import IdempotencyConflict, QueueFullError, TaskNotFound, TaskStateError
 from wanserve.tasks.records import GroupRecord, TaskError, TaskPage, TaskRecord, TaskResult
 from wanserve.tasks.schema import TaskRow, WorkerGroupRow
-from wanserve.tasks.status import ACTIVE, ErrorCode, GroupState, TaskStatus, can_move
+from wanserve.tasks.status import ACTIVE, TERMINAL, ErrorCode, GroupState, TaskStatus, can_move
 from wanserve.tasks.wakeup import CANCEL, QUEUE, TASK, Event, EventHub, Listener, LocalWakeup, PostgresWakeup, Wakeup
 
 log = logging.getLogger("wanserve.tasks")
@@ -226,11 +226,13 @@ class TaskStore:
         owner: str | None = None,
         limit: int = 20,
         after: str | None = None,
+        oldest_first: bool = False,
     ) -> TaskPage:
-        """Newest first. `status` filters (one or several), `owner` restricts to one API key,
-        `after` continues from the `next_after` of the previous page. `limit` is capped at 200."""
+        """Newest first (oldest first with `oldest_first`). `status` filters (one or several),
+        `owner` restricts to one API key, `after` continues from the `next_after` of the previous
+        page. `limit` is capped at 200."""
         limit = max(1, min(limit, MAX_PAGE))
-        query = select(T).order_by(T.c.seq.desc()).limit(limit + 1)
+        query = select(T).order_by(T.c.seq.asc() if oldest_first else T.c.seq.desc()).limit(limit + 1)
         if status is not None:
             wanted = [status] if isinstance(status, str) else list(status)
             query = query.where(T.c.status.in_([TaskStatus(s).value for s in wanted]))
@@ -238,7 +240,8 @@ class TaskStore:
             query = query.where(T.c.owner == owner)
         with self.db.read() as conn:
             if after is not None:
-                query = query.where(T.c.seq < self._row(conn, after, owner).seq)
+                cursor = self._row(conn, after, owner).seq
+                query = query.where(T.c.seq > cursor if oldest_first else T.c.seq < cursor)
             rows = conn.execute(query).all()
             positions: dict[str, int] = {}
             if any(r.status == TaskStatus.queued for r in rows[:limit]):
@@ -252,6 +255,14 @@ class TaskStore:
             select(T.c.id).where(T.c.status == TaskStatus.queued).order_by(T.c.priority.desc(), T.c.seq)
         ).scalars().all()
         return {task_id: i + 1 for i, task_id in enumerate(ranked)}
+
+    def finished_since(self, since: float, limit: int = 500) -> list[TaskRecord]:
+        """Tasks that reached a final state at or after `since` (epoch seconds), oldest first:
+        how the API's /metrics follows outcomes and durations without watching every task."""
+        query = (select(T).where(T.c.status.in_([s.value for s in TERMINAL]), T.c.finished_at >= since)
+                 .order_by(T.c.finished_at, T.c.seq).limit(max(1, limit)))
+        with self.db.read() as conn:
+            return [TaskRecord.from_row(row) for row in conn.execute(query).all()]
 
     def counts(self, owner: str | None = None) -> dict[TaskStatus, int]:
         """How many tasks are in each status (every status present, 0 when none)."""
