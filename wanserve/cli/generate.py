@@ -95,7 +95,7 @@ def launch_group(settings: Settings, request: GenerationRequest, output: Path) -
     except KeyboardInterrupt:
         group.kill()
         return 130
-    if group.failure:
+    if group.failure and (codes[0] or 0) <= 0:  # rank 0 did not report the reason itself
         console.print(f"[red]error:[/red] the group stopped: {group.failure}")
     for code in codes:  # rank 0's reason first: it is the one that printed it
         if code:

@@ -4,8 +4,8 @@
 master_port, *args)` in `world_size` fresh processes (multiprocessing "spawn": no CUDA/NPU state
 is inherited), each bound to its device from DEVICES before `target` runs. The ranks rendezvous
 on MASTER_PORT, or on a free port when it is 0. A rank that exits abnormally takes the group
-with it: a monitor thread stops the survivors at once (SIGTERM, then SIGKILL after a grace), and
-every rank dies with this launcher's process. Collective timeouts (COLLECTIVE_TIMEOUT) end the
+with it: a monitor thread stops the survivors within seconds (SIGTERM, then SIGKILL), and every
+rank dies with this launcher's process. Collective timeouts (COLLECTIVE_TIMEOUT) end the
 ranks that wait on a peer that hangs without exiting.
 
 Used by `wanserve generate` for a group size > 1 and by the task service's supervisor.
@@ -31,7 +31,8 @@ from wanserve.settings import Settings
 
 log = logging.getLogger("wanserve.launch")
 
-DEFAULT_KILL_GRACE = 5.0  # seconds survivors get to exit on SIGTERM before SIGKILL
+DEFAULT_EXIT_GRACE = 3.0  # seconds the other ranks get to exit by themselves after one failed
+DEFAULT_KILL_GRACE = 5.0  # seconds they then get to exit on SIGTERM before SIGKILL
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -74,7 +75,8 @@ class GroupProcesses:
     master_port: int
     device_indices: list[int]
     kill_grace: float = DEFAULT_KILL_GRACE
-    failure: str | None = None  # why the group was stopped, once a rank exited abnormally
+    exit_grace: float = DEFAULT_EXIT_GRACE
+    failure: str | None = None  # the first rank that exited abnormally, and how
     # Reaping a child (waitpid) from two threads loses its exit code for one of them: every
     # look at a process's state goes through this lock (the monitor thread looks too).
     _lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
@@ -137,7 +139,9 @@ class GroupProcesses:
                 p.join(5.0)
 
     def _watch(self) -> None:
-        """Stop the whole group as soon as one rank exits with an error (or a signal)."""
+        """Stop the whole group once one rank exits with an error (or a signal). Ranks that stop in
+        an orderly way (a refused request, a failed load) all exit within moments: they get
+        `exit_grace` seconds to do so before the others are stopped."""
         pending = {p.sentinel: rank for rank, p in enumerate(self.processes)}
         while pending:
             for sentinel in multiprocessing.connection.wait(list(pending)):
@@ -146,17 +150,21 @@ class GroupProcesses:
                 with self._lock:
                     process.join(1.0)
                     code = process.exitcode
-                    others_alive = any(p.is_alive() for p in self.processes)
-                if code not in (0, None) and others_alive:
-                    self.failure = f"rank {rank} (pid {process.pid}) exited with code {code}"
-                    log.error("%s: stopping the other ranks of the group", self.failure)
-                    self.kill()
+                if code in (0, None):
+                    continue
+                self.failure = f"rank {rank} (pid {process.pid}) exited with code {code}"
+                self.join(self.exit_grace)
+                if not self.any_alive():
                     return
+                log.error("%s: stopping the other ranks of the group", self.failure)
+                self.kill()
+                return
 
 
 def spawn_group(target: Callable[..., Any], args: tuple, world_size: int, settings: Settings, *,
                 group_index: int = 0, device_indices: Sequence[int] | None = None,
-                master_addr: str | None = None, kill_grace: float = DEFAULT_KILL_GRACE) -> GroupProcesses:
+                master_addr: str | None = None, exit_grace: float = DEFAULT_EXIT_GRACE,
+                kill_grace: float = DEFAULT_KILL_GRACE) -> GroupProcesses:
     """Start `target(rank, world_size, master_addr, master_port, *args)` in `world_size` processes.
 
     `target` and `args` must be picklable (a module-level function). Devices: `device_indices`,
@@ -179,7 +187,7 @@ def spawn_group(target: Callable[..., Any], args: tuple, world_size: int, settin
         )
         for rank in range(world_size)
     ]
-    group = GroupProcesses(processes, addr, port, indices, kill_grace=kill_grace)
+    group = GroupProcesses(processes, addr, port, indices, kill_grace=kill_grace, exit_grace=exit_grace)
     for p in processes:
         p.start()
     group._monitor = threading.Thread(target=group._watch, name="wanserve-group-monitor", daemon=True)
