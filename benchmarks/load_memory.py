@@ -155,7 +155,7 @@ def measure(component: str, route: str, folder: str, load_dtype: str) -> dict:
     # Everything imported before the baseline, so it counts only the load itself.
     from diffusers import WanTransformer3DModel  # noqa: F401  (lazy modules imported now, not during the load)
     from transformers import UMT5EncoderModel  # noqa: F401
-    from wanserve.engine.checkpoints.detect import DiTFiles, read_dit_files
+    from wanserve.engine.checkpoints.detect import read_dit_files
     from wanserve.engine.checkpoints.t5_keys import load_t5
     from wanserve.engine.checkpoints.transformer_keys import load_transformer
     from wanserve.variants import VARIANTS
@@ -191,7 +191,7 @@ def measure(component: str, route: str, folder: str, load_dtype: str) -> dict:
     }
 
 
-def _naive_transformer(files: "DiTFiles", dtype):
+def _naive_transformer(files, dtype):
     """The usual non-mapped route: real init, whole-file reads, a copying load_state_dict."""
     import safetensors.torch
     from diffusers import WanTransformer3DModel

@@ -418,6 +418,13 @@ def test_foreign_or_damaged_weight_files_are_named(official, tmp_path):
         load_components(folder, FP32, FP32)
 
 
+def test_damaged_tokenizer_is_named(official, tmp_path):
+    folder = _copy(official, "wan2.2-t2v-a14b", tmp_path)
+    (folder / detect.TOKENIZER_DIR / "tokenizer.json").write_text("{not json")
+    with pytest.raises(ModelFolderError, match=r"google/umt5-xxl is not a readable tokenizer folder"):
+        load_components(folder, FP32, FP32)
+
+
 def test_unused_and_missing_keys_are_named(official, tmp_path):
     folder = _copy(official, "wan2.1-flf2v", tmp_path)
     weights = folder / detect.WEIGHTS_FILE

@@ -42,7 +42,7 @@ def load_tokenizer(folder: Path):
 
     try:
         return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-    except (OSError, ValueError, TypeError) as e:
+    except Exception as e:  # json, tokenizers (Rust) and sentencepiece errors alike: the folder is unusable
         raise ModelFolderError(f"{folder} is not a readable tokenizer folder: {e}") from e
 
 
@@ -55,6 +55,7 @@ def load_official_folder(folder: Path, dtype: torch.dtype | None, vae_dtype: tor
     layout: OfficialLayout = inspect_official_folder(folder)
     variant = layout.variant
     start = time.perf_counter()
+    tokenizer = load_tokenizer(layout.tokenizer)  # cheap: a broken tokenizer fails before the big files
     experts = [load_transformer(files, variant, dtype) for files in layout.transformers]
     text_encoder = load_t5(layout.t5, dtype)
     vae = load_vae(layout.vae, layout.vae_version, vae_dtype)
@@ -65,7 +66,7 @@ def load_official_folder(folder: Path, dtype: torch.dtype | None, vae_dtype: tor
     return WanComponents(
         variant=variant,
         name=model_name(Path(folder), variant),
-        tokenizer=load_tokenizer(layout.tokenizer),
+        tokenizer=tokenizer,
         text_encoder=text_encoder,
         vae=vae,
         scheduler_config=scheduler_config(variant),

@@ -10,8 +10,6 @@ size, text width, CLIP width, cross-attention norm, q/k norm) are read from the 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
 from wanserve.engine.checkpoints.detect import DiTFiles

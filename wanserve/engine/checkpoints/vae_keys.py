@@ -79,7 +79,7 @@ def vae22_key(key: str, num_res_blocks: int = NUM_RES_BLOCKS) -> str | None:
         return f"{'quant_conv' if m['n'] == '1' else 'post_quant_conv'}.{m['p']}"
     if m := re.fullmatch(rf"(?P<side>encoder|decoder)\.middle\.(?P<i>[02])\.residual\.(?P<layer>[0236])\.(?P<p>{_P})", key):
         return _residual(f"{m['side']}.mid_block.resnets.{int(m['i']) // 2}", m)
-    if m := re.fullmatch(rf"(?P<side>encoder|decoder)\.middle\.1\.(?P<rest>norm\.gamma|to_qkv\.(weight|bias)|proj\.(weight|bias))", key):
+    if m := re.fullmatch(r"(?P<side>encoder|decoder)\.middle\.1\.(?P<rest>norm\.gamma|to_qkv\.(weight|bias)|proj\.(weight|bias))", key):
         return f"{m['side']}.mid_block.attentions.0.{m['rest']}"
     if m := re.fullmatch(rf"(?P<side>encoder|decoder)\.head\.(?P<i>[02])\.(?P<p>{_P})", key):
         return f"{m['side']}.{'norm_out' if m['i'] == '0' else 'conv_out'}.{m['p']}"
