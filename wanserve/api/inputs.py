@@ -80,14 +80,11 @@ def parse_data_url(url: str, field_name: str, limit: int) -> bytes:
     if len(payload) > limit * 4 // 3 + 16:  # checked before decoding anything
         raise too_large(field_name, limit)
     if header.lower().endswith(";base64"):
-        compact = "".join(urllib.parse.unquote(payload).split())
+        compact = "".join(urllib.parse.unquote(payload).split()).replace("-", "+").replace("_", "/")  # url-safe too
         try:
             data = base64.b64decode(compact + "=" * (-len(compact) % 4), validate=True)
-        except (binascii.Error, ValueError):
-            try:
-                data = base64.urlsafe_b64decode(compact + "=" * (-len(compact) % 4))
-            except (binascii.Error, ValueError) as e:
-                raise invalid(field_name, f"the data: URL is not valid base64 ({e})") from None
+        except (binascii.Error, ValueError) as e:
+            raise invalid(field_name, f"the data: URL is not valid base64 ({e})") from None
     else:
         data = urllib.parse.unquote_to_bytes(payload)
     if len(data) > limit:

@@ -69,6 +69,8 @@ def is_public(address: IPAddress) -> bool:
     that embed an IPv4 address."""
     if address in METADATA_ADDRESSES:
         return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return is_public(address.ipv4_mapped)  # ::ffff:a.b.c.d is a.b.c.d on a dual-stack socket
     inner = embedded_ipv4(address)
     if inner is not None and not is_public(inner):
         return False
