@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from wanserve.api.schemas import HealthResponse, QueueInfo, WorkerInfo
-from wanserve.api.served_model import ServedModels
+from wanserve.api.served_model import ServedModels, models_of
 from wanserve.settings import Settings
 from wanserve.tasks import GroupRecord, GroupState, TaskStatus, TaskStore
 
@@ -57,8 +57,8 @@ def health_status(groups: list[GroupRecord]) -> str:
 
 def read_health(settings: Settings, store: TaskStore, models: ServedModels) -> HealthResponse:
     """Blocking (database reads): call from a worker thread."""
-    served, groups = models.snapshot()
-    groups = store.list_groups()  # fresh: health must not lag behind the registry
+    groups = store.list_groups()  # read afresh: health must not lag behind the registry
+    served = models_of(groups) or [models.configured()]
     counts = store.counts()
     kind, count = device_summary(groups, settings)
     return HealthResponse(

@@ -46,6 +46,8 @@ def to_submission(body: SubmitRequest, files: dict, idempotency_key: str | None)
         elif url:
             sources[name] = url
             names[name] = url_field
+    if not body.prompt.strip() and not sources:
+        raise ApiError(422, "invalid_request", "prompt: give a prompt (or an image or video to start from)", "prompt")
     fields = dict(
         task=body.task, prompt=body.prompt, negative_prompt=body.negative_prompt, size=body.image_size,
         num_frames=body.num_frames, infer_steps=body.infer_steps, guidance_scale=body.guidance_scale,
