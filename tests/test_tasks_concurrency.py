@@ -7,11 +7,11 @@ import statistics
 import time
 
 import pytest
+from worker_support import claimers, create_schema, drop_schema
 
 from wanserve.request import GenerationRequest
 from wanserve.settings import load_settings
 from wanserve.tasks import TaskStatus, TaskStore
-from worker_support import claimers, create_schema, drop_schema
 
 SPAWN = multiprocessing.get_context("spawn")
 

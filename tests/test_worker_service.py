@@ -13,12 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import decode_mp4
+from worker_support import ServiceProcess, create_schema, drop_schema, ready_groups, service_env, wait_for
+
 from wanserve.request import GenerationRequest
 from wanserve.settings import load_settings
 from wanserve.tasks import GroupState, TaskRecord, TaskStatus, TaskStore
-from worker_support import ServiceProcess, create_schema, drop_schema, ready_groups, service_env, wait_for
 
 TASK_TIMEOUT = 6.0
 WATCHDOG_SECONDS = 5.0
@@ -35,7 +35,8 @@ def service(request, tmp_path_factory, demo_data_dir):
         schema, url = create_schema(base)
     env = service_env(data, demo_data_dir / "demo-model", url, task_timeout=TASK_TIMEOUT,
                       watchdog_seconds=WATCHDOG_SECONDS, max_attempts=1, lease_seconds=5, result_ttl=RESULT_TTL)
-    svc = ServiceProcess(data, env).start()
+    # `wanserve serve` on PostgreSQL (the supervisor in a child process), `wanserve worker` on SQLite.
+    svc = ServiceProcess(data, env, command="serve" if request.param == "postgres" else "worker").start()
     # The API side's settings match the service's (MAX_ATTEMPTS is recorded on each task at submit).
     store = TaskStore(load_settings(data_dir=data, database_url=url, max_attempts=1))
     try:
@@ -50,7 +51,7 @@ def service(request, tmp_path_factory, demo_data_dir):
 
 
 def submit(store: TaskStore, prompt: str = "a red fox", **fields) -> TaskRecord:
-    values = dict(size="32*32", num_frames=5, infer_steps=3, seed=7)
+    values: dict = {"size": "32*32", "num_frames": 5, "infer_steps": 3, "seed": 7}
     values.update(fields)
     return store.enqueue(GenerationRequest(prompt=prompt, **values))
 
@@ -84,7 +85,7 @@ def test_task_completes_with_a_playable_video(service):
 
 
 def test_idle_group_starts_a_task_within_100_ms(service):
-    svc, store = service
+    _, store = service
     latencies = []
     for i in range(6):
         time.sleep(0.4)  # idle: waiting for a wake-up

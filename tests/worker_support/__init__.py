@@ -71,17 +71,16 @@ class ServiceProcess:
     def worker_id(self) -> str:
         return self.env["WORKER_ID"]
 
-    def start(self) -> "ServiceProcess":
+    def start(self) -> ServiceProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("WANSERVE_", "DATABASE_URL"))}
         env.update(self.env)
         env["PYTHONPATH"] = os.pathsep.join([str(HOOKS_DIR), str(REPO)])
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "ab")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "wanserve", self.command], env=env, cwd=self.data_dir,
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-        log.close()
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "wanserve", self.command], env=env, cwd=self.data_dir,
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )
         return self
 
     def log(self) -> str:

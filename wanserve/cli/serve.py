@@ -13,7 +13,7 @@ import os
 import signal
 from multiprocessing.process import BaseProcess
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -26,12 +26,12 @@ def _settings(**overrides: Any) -> Settings:
 
 
 def worker(
-    model: Annotated[Optional[Path], typer.Option(help="Model folder (MODEL_CKPT_DIR); default: the demo.")] = None,
-    devices: Annotated[Optional[str], typer.Option(help="DEVICES: 'auto', '0,1,2,3', or on a CPU a count.")] = None,
-    worker_groups: Annotated[Optional[int], typer.Option(help="WORKER_GROUPS (0: devices / group size).")] = None,
-    data_dir: Annotated[Optional[Path], typer.Option(help="DATA_DIR (queue database, results).")] = None,
-    database_url: Annotated[Optional[str], typer.Option(help="DATABASE_URL (PostgreSQL to share a queue).")] = None,
-    worker_id: Annotated[Optional[str], typer.Option(help="WORKER_ID shown in /health (default: host name).")] = None,
+    model: Annotated[Path | None, typer.Option(help="Model folder (MODEL_CKPT_DIR); default: the demo.")] = None,
+    devices: Annotated[str | None, typer.Option(help="DEVICES: 'auto', '0,1,2,3', or on a CPU a count.")] = None,
+    worker_groups: Annotated[int | None, typer.Option(help="WORKER_GROUPS (0: devices / group size).")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="DATA_DIR (queue database, results).")] = None,
+    database_url: Annotated[str | None, typer.Option(help="DATABASE_URL (PostgreSQL to share a queue).")] = None,
+    worker_id: Annotated[str | None, typer.Option(help="WORKER_ID shown in /health (default: host name).")] = None,
 ) -> None:
     """Run a supervisor and its worker groups, without the HTTP API (e.g. on another machine)."""
     settings = _settings(model_ckpt_dir=model, devices=devices, worker_groups=worker_groups, data_dir=data_dir,
@@ -41,6 +41,8 @@ def worker(
 
 def run_supervisor(settings: Settings) -> int:
     """The supervisor in this process; its exit code (2: a setting or the database is wrong)."""
+    from sqlalchemy.exc import OperationalError
+
     from wanserve.tasks import SchemaError
     from wanserve.worker.logs import configure_logging
     from wanserve.worker.supervisor import Supervisor, SupervisorError
@@ -51,6 +53,9 @@ def run_supervisor(settings: Settings) -> int:
     except (SupervisorError, SettingsError, SchemaError) as e:
         console.print(f"[red]error:[/red] {e}")
         return 2
+    except OperationalError as e:
+        console.print(f"[red]error:[/red] cannot use the queue database (DATABASE_URL / DATA_DIR): {e.orig}")
+        return 2
 
 
 def _supervisor_process(settings: Settings) -> None:
@@ -58,23 +63,27 @@ def _supervisor_process(settings: Settings) -> None:
 
 
 def serve(
-    host: Annotated[Optional[str], typer.Option(help="SERVER_HOST to bind.")] = None,
-    port: Annotated[Optional[int], typer.Option(help="SERVER_PORT.")] = None,
-    model: Annotated[Optional[Path], typer.Option(help="Model folder (MODEL_CKPT_DIR); default: the demo.")] = None,
-    devices: Annotated[Optional[str], typer.Option(help="DEVICES: 'auto', '0,1,2,3', or on a CPU a count.")] = None,
-    worker_groups: Annotated[Optional[int], typer.Option(help="WORKER_GROUPS (0: devices / group size).")] = None,
-    data_dir: Annotated[Optional[Path], typer.Option(help="DATA_DIR (queue database, results).")] = None,
-    database_url: Annotated[Optional[str], typer.Option(help="DATABASE_URL (PostgreSQL to share a queue).")] = None,
+    host: Annotated[str | None, typer.Option(help="SERVER_HOST to bind.")] = None,
+    port: Annotated[int | None, typer.Option(help="SERVER_PORT.")] = None,
+    model: Annotated[Path | None, typer.Option(help="Model folder (MODEL_CKPT_DIR); default: the demo.")] = None,
+    devices: Annotated[str | None, typer.Option(help="DEVICES: 'auto', '0,1,2,3', or on a CPU a count.")] = None,
+    worker_groups: Annotated[int | None, typer.Option(help="WORKER_GROUPS (0: devices / group size).")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="DATA_DIR (queue database, results).")] = None,
+    database_url: Annotated[str | None, typer.Option(help="DATABASE_URL (PostgreSQL to share a queue).")] = None,
 ) -> None:
     """Run the service: the HTTP API and a supervisor with its worker groups, each in its own process."""
     settings = _settings(server_host=host, server_port=port, model_ckpt_dir=model, devices=devices,
                          worker_groups=worker_groups, data_dir=data_dir, database_url=database_url)
-    try:  # create / migrate the queue once, before any process uses it
-        from wanserve.tasks import SchemaError, TaskStore
+    from sqlalchemy.exc import OperationalError
 
+    from wanserve.tasks import SchemaError, TaskStore
+
+    try:  # create / migrate the queue once, before any process uses it
         TaskStore(settings).close()
     except SchemaError as e:
         raise fail(str(e), 2) from None
+    except OperationalError as e:
+        raise fail(f"cannot use the queue database (DATABASE_URL / DATA_DIR): {e.orig}", 2) from None
     service = Service(settings)
     raise typer.Exit(service.run())
 
@@ -94,8 +103,10 @@ class Service:
         self.processes["supervisor"] = process
 
     def start_api(self) -> None:
-        """The HTTP API process (uvicorn serving wanserve.api) is started here by the API issue
-        (issue 6). Until it exists, `serve` runs the supervisor and its worker groups only."""
+        """The HTTP API process (uvicorn serving wanserve.api, torch-free) on SERVER_HOST:SERVER_PORT."""
+        from wanserve.api.server import start_api_process
+
+        self.processes["api"] = start_api_process(self.settings)
 
     def run(self) -> int:
         """Until every process exited; a process that exits unexpectedly stops the others."""

@@ -76,9 +76,8 @@ class Database:
 
     @contextlib.contextmanager
     def read(self) -> Iterator[Connection]:
-        with self.engine.connect() as conn:
-            with conn.begin():
-                yield conn
+        with self.engine.connect() as conn, conn.begin():
+            yield conn
 
     def migrate(self) -> str:
         """Bring the schema to the newest revision shipped in this package; returns it.

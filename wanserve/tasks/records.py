@@ -95,7 +95,7 @@ class TaskRecord(BaseModel):
         return self.status in TERMINAL
 
     @classmethod
-    def from_row(cls, row: Any, queue_position: int | None = None) -> "TaskRecord":
+    def from_row(cls, row: Any, queue_position: int | None = None) -> TaskRecord:
         """From a row of `wanserve_tasks` (a SQLAlchemy Row or a TaskRow)."""
         r = row._mapping if hasattr(row, "_mapping") else row.__dict__
         error = None
@@ -155,7 +155,7 @@ class GroupRecord(BaseModel):
     responsive: bool
 
     @classmethod
-    def from_row(cls, row: Any, now: float, stale_after: float) -> "GroupRecord":
+    def from_row(cls, row: Any, now: float, stale_after: float) -> GroupRecord:
         r = row._mapping if hasattr(row, "_mapping") else row.__dict__
         state = GroupState(r["state"])
         seen = r["heartbeat_at"] or r["updated_at"]

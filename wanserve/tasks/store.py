@@ -39,7 +39,17 @@ from wanserve.tasks.errors import IdempotencyConflict, QueueFullError, TaskNotFo
 from wanserve.tasks.records import GroupRecord, TaskError, TaskPage, TaskRecord, TaskResult
 from wanserve.tasks.schema import TaskRow, WorkerGroupRow
 from wanserve.tasks.status import ACTIVE, TERMINAL, ErrorCode, GroupState, TaskStatus, can_move
-from wanserve.tasks.wakeup import CANCEL, QUEUE, TASK, Event, EventHub, Listener, LocalWakeup, PostgresWakeup, Wakeup
+from wanserve.tasks.wakeup import (
+    CANCEL,
+    QUEUE,
+    TASK,
+    Event,
+    EventHub,
+    Listener,
+    LocalWakeup,
+    PostgresWakeup,
+    Wakeup,
+)
 
 log = logging.getLogger("wanserve.tasks")
 
@@ -545,9 +555,12 @@ class TaskStore:
                        devices: Sequence[Any] = (), restarts: int = 0, last_error: str | None = None) -> None:
         """Create or reset a group's row (the supervisor, when it starts or restarts a group)."""
         now = time.time()
-        values = dict(supervisor=supervisor, host=host, supervisor_pid=supervisor_pid, state=state, lease_owner=lease_owner, pids=list(pids),
-                      devices=list(devices), restarts=restarts, last_error=last_error, current_task_id=None,
-                      started_at=now, heartbeat_at=now, last_step_at=None, updated_at=now)
+        values: dict[str, Any] = {
+            "supervisor": supervisor, "host": host, "supervisor_pid": supervisor_pid, "state": state,
+            "lease_owner": lease_owner, "pids": list(pids), "devices": list(devices), "restarts": restarts,
+            "last_error": last_error, "current_task_id": None, "started_at": now, "heartbeat_at": now,
+            "last_step_at": None, "updated_at": now,
+        }
         with self._write() as (conn, _):
             if not conn.execute(update(G).where(G.c.id == group_id).values(**values)).rowcount:
                 conn.execute(insert(G).values(id=group_id, task_types=[], tasks_served=0, **values))
@@ -571,8 +584,8 @@ class TaskStore:
                     pids: Sequence[int] | None = None) -> None:
         """The group loaded its model and waits for tasks (state idle)."""
         now = time.time()
-        values: dict[str, Any] = dict(state=GroupState.idle, model_label=model_label, variant=variant,
-                                      task_types=list(task_types), heartbeat_at=now, updated_at=now)
+        values: dict[str, Any] = {"state": GroupState.idle, "model_label": model_label, "variant": variant,
+                                  "task_types": list(task_types), "heartbeat_at": now, "updated_at": now}
         if pids is not None:
             values["pids"] = list(pids)
         with self._write() as (conn, _):

@@ -30,6 +30,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Self
 
 from sqlalchemy import Connection, text
 from sqlalchemy.engine import URL
@@ -62,7 +63,7 @@ class Listener(ABC):
     @abstractmethod
     def close(self) -> None: ...
 
-    def __enter__(self) -> "Listener":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *_: object) -> None:
@@ -138,7 +139,7 @@ class LocalWakeup(Wakeup):
                     log.debug("wake-up to %s failed: %s", address, e)
         return True
 
-    def listen(self, topics: Iterable[str]) -> "LocalListener":
+    def listen(self, topics: Iterable[str]) -> LocalListener:
         return LocalListener(self, list(topics))
 
     def close(self) -> None:

@@ -67,7 +67,7 @@ def group_main(rank: int, world_size: int, master_addr: str, master_port: int, s
     store = TaskStore(settings, migrate=False)
     try:
         engine, plan = _load(settings, spec, rank, world_size, master_addr, master_port)
-    except Exception as e:  # noqa: BLE001 - reported to the supervisor, which decides on restarts
+    except Exception as e:  # any load error: reported to the supervisor, which decides on restarts
         log.exception("could not load the model")
         if rank == 0:
             try:
@@ -80,6 +80,7 @@ def group_main(rank: int, world_size: int, master_addr: str, master_port: int, s
     else:
         code = Follower(spec, store, engine, plan, rank).run()
     store.close()
+    log.info("exiting (code %d)", code)
     sys.exit(code)
 
 

@@ -107,6 +107,9 @@ class Supervisor:
     # ------------------------------------------------------------------ life cycle
     def run(self) -> int:
         """Serve until SIGTERM / SIGINT; returns the process exit code."""
+        model = self.settings.model_ckpt_dir
+        if model is not None and not model.is_dir():
+            raise SupervisorError(f"MODEL_CKPT_DIR: {model} is not a folder")
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         self.store = TaskStore(self.settings)
@@ -120,6 +123,7 @@ class Supervisor:
         finally:
             self._stop_all()
             self.store.close()
+        log.info("supervisor %s stopped", self.worker_id)
         return 0
 
     def _on_signal(self, signum: int, _frame: Any) -> None:

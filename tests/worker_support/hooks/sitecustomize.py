@@ -35,7 +35,7 @@ def _patch(module) -> None:
         if slow or hang:
             inner = on_step
 
-            def on_step(step, total, stage):  # noqa: F811 - wraps the engine's callback
+            def on_step(step, total, stage):
                 if stage == "denoise" and step >= 1:
                     if hang and step >= 2:
                         time.sleep(3600)
