@@ -25,7 +25,8 @@ def run_api(settings: Settings) -> int:
 
     from wanserve.api.app import create_app
 
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s api: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)-7s [api] %(name)s: %(message)s")
+    logging.getLogger("wanserve").setLevel(settings.log_level.upper())
     config = uvicorn.Config(
         create_app(settings), host=settings.server_host, port=settings.server_port,
         log_level=settings.log_level, proxy_headers=True, timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
