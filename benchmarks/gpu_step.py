@@ -43,33 +43,33 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 
 # --- Architectures (the configs the official diffusers repos ship) ---------------------------------
 TRANSFORMERS: dict[str, dict[str, Any]] = {
-    "i2v-14b": dict(patch_size=(1, 2, 2), num_attention_heads=40, attention_head_dim=128, in_channels=36,
-                    out_channels=16, text_dim=4096, freq_dim=256, ffn_dim=13824, num_layers=40,
-                    cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6, image_dim=1280,
-                    added_kv_proj_dim=5120, rope_max_seq_len=1024),
-    "t2v-1.3b": dict(patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim=128, in_channels=16,
-                     out_channels=16, text_dim=4096, freq_dim=256, ffn_dim=8960, num_layers=30,
-                     cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024),
+    "i2v-14b": {"patch_size": (1, 2, 2), "num_attention_heads": 40, "attention_head_dim": 128, "in_channels": 36,
+                    "out_channels": 16, "text_dim": 4096, "freq_dim": 256, "ffn_dim": 13824, "num_layers": 40,
+                    "cross_attn_norm": True, "qk_norm": "rms_norm_across_heads", "eps": 1e-6, "image_dim": 1280,
+                    "added_kv_proj_dim": 5120, "rope_max_seq_len": 1024},
+    "t2v-1.3b": {"patch_size": (1, 2, 2), "num_attention_heads": 12, "attention_head_dim": 128, "in_channels": 16,
+                     "out_channels": 16, "text_dim": 4096, "freq_dim": 256, "ffn_dim": 8960, "num_layers": 30,
+                     "cross_attn_norm": True, "qk_norm": "rms_norm_across_heads", "eps": 1e-6, "rope_max_seq_len": 1024},
 }
 TINY_TRANSFORMERS: dict[str, dict[str, Any]] = {
-    "i2v-14b": dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=36,
-                    out_channels=16, text_dim=32, freq_dim=256, ffn_dim=32, num_layers=2, cross_attn_norm=True,
-                    qk_norm="rms_norm_across_heads", eps=1e-6, image_dim=16, added_kv_proj_dim=24,
-                    rope_max_seq_len=1024),
-    "t2v-1.3b": dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=16,
-                     out_channels=16, text_dim=32, freq_dim=256, ffn_dim=32, num_layers=2, cross_attn_norm=True,
-                     qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024),
+    "i2v-14b": {"patch_size": (1, 2, 2), "num_attention_heads": 2, "attention_head_dim": 12, "in_channels": 36,
+                    "out_channels": 16, "text_dim": 32, "freq_dim": 256, "ffn_dim": 32, "num_layers": 2, "cross_attn_norm": True,
+                    "qk_norm": "rms_norm_across_heads", "eps": 1e-6, "image_dim": 16, "added_kv_proj_dim": 24,
+                    "rope_max_seq_len": 1024},
+    "t2v-1.3b": {"patch_size": (1, 2, 2), "num_attention_heads": 2, "attention_head_dim": 12, "in_channels": 16,
+                     "out_channels": 16, "text_dim": 32, "freq_dim": 256, "ffn_dim": 32, "num_layers": 2, "cross_attn_norm": True,
+                     "qk_norm": "rms_norm_across_heads", "eps": 1e-6, "rope_max_seq_len": 1024},
 }
-UMT5_XXL = dict(vocab_size=256384, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
-                relative_attention_num_buckets=32, relative_attention_max_distance=128,
-                feed_forward_proj="gated-gelu", tie_word_embeddings=False)
-UMT5_TINY = dict(vocab_size=512, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
-                 relative_attention_num_buckets=8, relative_attention_max_distance=32, feed_forward_proj="gated-gelu")
-CLIP_H14 = dict(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=16,
-                image_size=224, patch_size=14, projection_dim=1024, hidden_act="gelu")
-CLIP_TINY = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2, image_size=32,
-                 patch_size=8, projection_dim=16)
-VAE_TINY = dict(base_dim=3, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True])
+UMT5_XXL = {"vocab_size": 256384, "d_model": 4096, "d_kv": 64, "d_ff": 10240, "num_layers": 24, "num_heads": 64,
+                "relative_attention_num_buckets": 32, "relative_attention_max_distance": 128,
+                "feed_forward_proj": "gated-gelu", "tie_word_embeddings": False}
+UMT5_TINY = {"vocab_size": 512, "d_model": 32, "d_kv": 8, "d_ff": 64, "num_layers": 2, "num_heads": 4,
+                 "relative_attention_num_buckets": 8, "relative_attention_max_distance": 32, "feed_forward_proj": "gated-gelu"}
+CLIP_H14 = {"hidden_size": 1280, "intermediate_size": 5120, "num_hidden_layers": 32, "num_attention_heads": 16,
+                "image_size": 224, "patch_size": 14, "projection_dim": 1024, "hidden_act": "gelu"}
+CLIP_TINY = {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "image_size": 32,
+                 "patch_size": 8, "projection_dim": 16}
+VAE_TINY = {"base_dim": 3, "dim_mult": [1, 1, 1, 1], "num_res_blocks": 1, "temperal_downsample": [False, True, True]}
 
 VARIANT_OF = {"i2v-14b": "wan2.1-i2v", "t2v-1.3b": "wan2.1-t2v"}
 SIZES = ["832x480x81", "512x512x41"]
@@ -121,7 +121,14 @@ def build_components(name: str, device, tiny: bool, work: Path):
     """WanComponents of `name` with random weights, built on `device` (bf16; VAE fp32)."""
     import torch
     from diffusers import AutoencoderKLWan, WanTransformer3DModel
-    from transformers import AutoTokenizer, CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel, UMT5Config, UMT5EncoderModel
+    from transformers import (
+        AutoTokenizer,
+        CLIPImageProcessor,
+        CLIPVisionConfig,
+        CLIPVisionModel,
+        UMT5Config,
+        UMT5EncoderModel,
+    )
 
     from wanserve.engine.components import WanComponents
     from wanserve.engine.tiny_model import make_tiny_model
@@ -169,8 +176,8 @@ def stock_pipeline(c):
 
     scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,
                                         num_train_timesteps=1000, flow_shift=3.0)
-    common = dict(tokenizer=c.tokenizer, text_encoder=c.text_encoder, transformer=c.transformer, vae=c.vae,
-                  scheduler=scheduler)
+    common = {"tokenizer": c.tokenizer, "text_encoder": c.text_encoder, "transformer": c.transformer, "vae": c.vae,
+                  "scheduler": scheduler}
     if c.image_encoder is not None:
         pipe = WanImageToVideoPipeline(**common, image_encoder=c.image_encoder, image_processor=c.image_processor)
     else:

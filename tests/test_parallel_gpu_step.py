@@ -14,16 +14,18 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_gpu_step_benchmark_runs_tiny_on_cpu(tmp_path):
     out = tmp_path / "gpu_step.json"
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "gpu_step.py"), "--device", "cpu", "--tiny", "--json", str(out)],
-        capture_output=True, text=True, timeout=240, cwd=tmp_path, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        # One size of the two keeps the test short; the code per size is the same.
+        [sys.executable, str(ROOT / "benchmarks" / "gpu_step.py"), "--device", "cpu", "--tiny", "--sizes", "512x512x41",
+         "--json", str(out)],
+        capture_output=True, text=True, timeout=240, cwd=tmp_path, env={**os.environ, "HF_HUB_OFFLINE": "1"}, check=False,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     results = json.loads(out.read_text())["results"]
     steps = [r for r in results if r["impl"] != "end-to-end"]
-    # 2 models x 2 sizes x (engine, stock diffusers), each a positive time and throughput.
+    # 2 models x (engine, stock diffusers) at the tiny stand-in for 512x512x41, each a positive time
+    # and throughput.
     assert {(r["model"], r["size"], r["impl"]) for r in steps} == {
-        (m, s, i) for m in ("i2v-14b", "t2v-1.3b") for s in ("64x48x9", "32x32x5")
-        for i in ("wanserve engine (best)", "diffusers defaults")
+        (m, "32x32x5", i) for m in ("i2v-14b", "t2v-1.3b") for i in ("wanserve engine (best)", "diffusers defaults")
     }
     assert all(r["ok"] and r["s_per_step"] > 0 and r["tflops"] > 0 for r in steps)
     (e2e,) = [r for r in results if r["impl"] == "end-to-end"]

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import psnr
 from PIL import Image
 
-from conftest import psnr
 from wanserve.request import GenerationRequest
 from wanserve.settings import load_settings
 
@@ -25,8 +25,8 @@ STEPS = 3
 
 
 def request_for(image: str | None = None, **overrides) -> GenerationRequest:
-    values: dict = dict(prompt="a red car drives through a forest", size="64*64", num_frames=9,
-                        infer_steps=STEPS, seed=11, guidance_scale=5.0, image=image)
+    values: dict = {"prompt": "a red car drives through a forest", "size": "64*64", "num_frames": 9,
+                        "infer_steps": STEPS, "seed": 11, "guidance_scale": 5.0, "image": image}
     values.update(overrides)
     return GenerationRequest(**values)
 

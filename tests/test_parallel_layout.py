@@ -6,16 +6,16 @@ from __future__ import annotations
 import pytest
 import torch
 
+from wanserve.engine.devices import DeviceInfo
 from wanserve.engine.distributed import (
     check_request,
     group_device_indices,
     host_device_indices,
     init_rank,
+    vae_parallel,
     validate_layout,
 )
-from wanserve.engine.distributed import vae_parallel
 from wanserve.engine.distributed.layout import GroupLayout, sequence_tokens
-from wanserve.engine.devices import DeviceInfo
 from wanserve.engine.parallel_plan import SINGLE_PROCESS
 from wanserve.request import GenerationRequest, RequestError, resolve
 from wanserve.settings import SettingsError, load_settings

@@ -6,7 +6,7 @@ import contextlib
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -24,35 +24,35 @@ if TYPE_CHECKING:
 def generate(
     prompt: Annotated[str, typer.Option("--prompt", "-p", help="What the video shows.")] = "",
     output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the mp4.")] = Path("out.mp4"),
-    task: Annotated[Optional[Task], typer.Option(help="t2v | i2v | flf2v | v2v (default: from the inputs).")] = None,
-    image: Annotated[Optional[Path], typer.Option(help="First-frame image (i2v, flf2v).")] = None,
-    last_image: Annotated[Optional[Path], typer.Option(help="Last-frame image (flf2v).")] = None,
-    video: Annotated[Optional[Path], typer.Option(help="Input video (v2v).")] = None,
-    negative_prompt: Annotated[Optional[str], typer.Option(help="Default: the official Wan one.")] = None,
+    task: Annotated[Task | None, typer.Option(help="t2v | i2v | flf2v | v2v (default: from the inputs).")] = None,
+    image: Annotated[Path | None, typer.Option(help="First-frame image (i2v, flf2v).")] = None,
+    last_image: Annotated[Path | None, typer.Option(help="Last-frame image (flf2v).")] = None,
+    video: Annotated[Path | None, typer.Option(help="Input video (v2v).")] = None,
+    negative_prompt: Annotated[str | None, typer.Option(help="Default: the official Wan one.")] = None,
     size: Annotated[str, typer.Option(help="W*H or WxH, snapped to the model's grid.")] = "512*512",
     num_frames: Annotated[int, typer.Option(help="Snapped to 4n+1.")] = 41,
-    steps: Annotated[Optional[int], typer.Option("--steps", "--infer-steps", help="Default: the model's.")] = None,
-    guidance_scale: Annotated[Optional[float], typer.Option(help="Default: the model's.")] = None,
-    guidance_scale_2: Annotated[Optional[float], typer.Option(help="Low-noise expert (Wan2.2 A14B).")] = None,
-    sample_shift: Annotated[Optional[float], typer.Option(help="Flow shift; default: the model's.")] = None,
+    steps: Annotated[int | None, typer.Option("--steps", "--infer-steps", help="Default: the model's.")] = None,
+    guidance_scale: Annotated[float | None, typer.Option(help="Default: the model's.")] = None,
+    guidance_scale_2: Annotated[float | None, typer.Option(help="Low-noise expert (Wan2.2 A14B).")] = None,
+    sample_shift: Annotated[float | None, typer.Option(help="Flow shift; default: the model's.")] = None,
     sample_solver: Annotated[str, typer.Option(help="unipc | euler | dpm++")] = "unipc",
     strength: Annotated[float, typer.Option(help="v2v: how much to change (0-1].")] = 0.8,
-    seed: Annotated[Optional[int], typer.Option(help="Same seed, same video. Default: random.")] = None,
-    fps: Annotated[Optional[int], typer.Option(help="Frames per second of the mp4.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Same seed, same video. Default: random.")] = None,
+    fps: Annotated[int | None, typer.Option(help="Frames per second of the mp4.")] = None,
     resize_mode: Annotated[str, typer.Option(help="Fit input images: crop | pad | stretch.")] = "crop",
-    model: Annotated[Optional[Path], typer.Option(help="Model folder (MODEL_CKPT_DIR); default: the demo.")] = None,
-    device: Annotated[Optional[str], typer.Option(help="auto | cuda | npu | cpu (DEVICE).")] = None,
-    dtype: Annotated[Optional[str], typer.Option(help="auto | bf16 | fp16 | fp32 (DTYPE).")] = None,
-    t5_cpu: Annotated[Optional[bool], typer.Option("--t5-cpu/--no-t5-cpu", help="T5 on the CPU (T5_CPU).")] = None,
-    vae_tiling: Annotated[Optional[bool], typer.Option("--vae-tiling/--no-vae-tiling", help="VAE_TILING.")] = None,
-    attention_backend: Annotated[Optional[str], typer.Option(help="ATTENTION_BACKEND.")] = None,
-    ulysses_size: Annotated[Optional[int], typer.Option(help="Ulysses (sequence) parallel ranks (ULYSSES_SIZE).")] = None,
-    ring_size: Annotated[Optional[int], typer.Option(help="Ring attention ranks; needs a backend with LSE (RING_SIZE).")] = None,
-    cfg_parallel: Annotated[Optional[int], typer.Option(help="2: guided and unguided passes on two ranks (CFG_PARALLEL).")] = None,
-    dit_fsdp: Annotated[Optional[bool], typer.Option("--dit-fsdp/--no-dit-fsdp", help="Shard the transformer (DIT_FSDP).")] = None,
-    t5_fsdp: Annotated[Optional[bool], typer.Option("--t5-fsdp/--no-t5-fsdp", help="Shard T5 (T5_FSDP).")] = None,
-    vae_parallel: Annotated[Optional[bool], typer.Option("--vae-parallel/--no-vae-parallel", help="Split the decode (VAE_PARALLEL).")] = None,
-    devices: Annotated[Optional[str], typer.Option(help="Device indices '0,1,2,3', or on a CPU a process count (DEVICES).")] = None,
+    model: Annotated[Path | None, typer.Option(help="Model folder (MODEL_CKPT_DIR); default: the demo.")] = None,
+    device: Annotated[str | None, typer.Option(help="auto | cuda | npu | cpu (DEVICE).")] = None,
+    dtype: Annotated[str | None, typer.Option(help="auto | bf16 | fp16 | fp32 (DTYPE).")] = None,
+    t5_cpu: Annotated[bool | None, typer.Option("--t5-cpu/--no-t5-cpu", help="T5 on the CPU (T5_CPU).")] = None,
+    vae_tiling: Annotated[bool | None, typer.Option("--vae-tiling/--no-vae-tiling", help="VAE_TILING.")] = None,
+    attention_backend: Annotated[str | None, typer.Option(help="ATTENTION_BACKEND.")] = None,
+    ulysses_size: Annotated[int | None, typer.Option(help="Ulysses (sequence) parallel ranks (ULYSSES_SIZE).")] = None,
+    ring_size: Annotated[int | None, typer.Option(help="Ring attention ranks; needs a backend with LSE (RING_SIZE).")] = None,
+    cfg_parallel: Annotated[int | None, typer.Option(help="2: guided and unguided passes on two ranks (CFG_PARALLEL).")] = None,
+    dit_fsdp: Annotated[bool | None, typer.Option("--dit-fsdp/--no-dit-fsdp", help="Shard the transformer (DIT_FSDP).")] = None,
+    t5_fsdp: Annotated[bool | None, typer.Option("--t5-fsdp/--no-t5-fsdp", help="Shard T5 (T5_FSDP).")] = None,
+    vae_parallel: Annotated[bool | None, typer.Option("--vae-parallel/--no-vae-parallel", help="Split the decode (VAE_PARALLEL).")] = None,
+    devices: Annotated[str | None, typer.Option(help="Device indices '0,1,2,3', or on a CPU a process count (DEVICES).")] = None,
 ) -> None:
     """Generate one video and write it (plus a .jpg thumbnail of the first frame).
 
@@ -129,7 +129,7 @@ def run_rank(rank: int, world_size: int, master_addr: str, master_port: int, set
 
 
 def run_generation(settings: Settings, request: GenerationRequest, output: Path,
-                   plan: "ParallelPlan | None" = None) -> None:
+                   plan: ParallelPlan | None = None) -> None:
     """Load, resolve, generate, write. In a group every rank runs this; rank 0 resolves the request,
     broadcasts it, reports progress and writes the video, the others only compute."""
     # Imported here: `wanserve --help` should not pay for torch.

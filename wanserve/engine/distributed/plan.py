@@ -17,7 +17,8 @@ import torch
 import torch.distributed as dist
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 
-from wanserve.engine.distributed import context_parallel, fsdp, layout as layouts, vae_parallel
+from wanserve.engine.distributed import context_parallel, fsdp, vae_parallel
+from wanserve.engine.distributed import layout as layouts
 from wanserve.engine.distributed.layout import GroupLayout
 from wanserve.engine.parallel_plan import ParallelPlan
 from wanserve.request import ResolvedRequest
@@ -55,7 +56,7 @@ class GroupPlan(ParallelPlan):
     def places(self, role: str) -> bool:
         return (role == "transformer" and self.layout.dit_fsdp) or (role == "text_encoder" and self.layout.t5_fsdp)
 
-    def prepare(self, engine: "WanEngine") -> None:
+    def prepare(self, engine: WanEngine) -> None:
         c = engine.components
         for expert in c.experts:
             if self.layout.context_parallel > 1:
@@ -74,7 +75,7 @@ class GroupPlan(ParallelPlan):
             self._fsdp_mesh = init_device_mesh(self.layout.device_kind, (self.world_size,), mesh_dim_names=("fsdp",))
         return self._fsdp_mesh
 
-    def check_request(self, request: ResolvedRequest, engine: "WanEngine") -> None:
+    def check_request(self, request: ResolvedRequest, engine: WanEngine) -> None:
         vae = engine.components.vae
         expert = engine.components.transformer or engine.components.transformer_2
         tokens = layouts.sequence_tokens(
