@@ -15,9 +15,9 @@ from typing import Any
 
 import httpx
 import uvicorn
+from conftest import free_port
 from PIL import Image
 
-from conftest import free_port
 from wanserve.settings import Settings
 
 

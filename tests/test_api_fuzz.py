@@ -9,12 +9,12 @@ from collections import Counter
 
 import pytest
 import schemathesis
+from api_support import LiveApi
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 
-from api_support import LiveApi
 from wanserve.settings import load_settings
 
 EXAMPLES_PER_OPERATION = 30  # per operation and per mode (valid / invalid data)

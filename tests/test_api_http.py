@@ -14,9 +14,9 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-
 from api_support import LiveApi, data_url, error_of, png_bytes, sse_events, wait_until
 from conftest import free_port
+
 from wanserve.settings import load_settings
 from wanserve.tasks import GroupState, TaskStore
 
@@ -416,8 +416,9 @@ def test_metrics_are_prometheus_text(client):
 
 def test_docs_openapi_and_web_page_work_offline(client):
     spec = client.get("/openapi.json").json()
-    for path in ("/submit", "/status/{task_id}", "/cancel/{task_id}", "/result/{task_id}", "/tasks", "/events/{task_id}",
-                 "/health", "/metrics", "/v1/videos", "/v1/videos/{video_id}", "/v1/videos/{video_id}/content"):
+    for path in ("/submit", "/status/{task_id}", "/cancel/{task_id}", "/result/{task_id}", "/tasks",
+                 "/events/{task_id}", "/health", "/metrics", "/v1/videos", "/v1/videos/{video_id}",
+                 "/v1/videos/{video_id}/content"):
         assert path in spec["paths"], path
     assert {"SubmitRequest", "SubmitForm", "VideoCreateRequest", "ErrorResponse"} <= set(spec["components"]["schemas"])
     docs = client.get("/docs").text

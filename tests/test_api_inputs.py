@@ -10,8 +10,8 @@ import time
 import zlib
 
 import pytest
-
 from api_support import ImageServer, png_bytes
+
 from wanserve.api.errors import ApiError
 from wanserve.api.inputs import InputFolder, RemoteFetcher, parse_data_url, sniff
 from wanserve.api.ssrf import AddressPolicy, URLNotAllowed, is_public, parse_ip_literal
