@@ -3,10 +3,10 @@
 `spawn_group(target, args, world_size, settings)` runs `target(rank, world_size, master_addr,
 master_port, *args)` in `world_size` fresh processes (multiprocessing "spawn": no CUDA/NPU state
 is inherited), each bound to its device from DEVICES before `target` runs. The ranks rendezvous
-on MASTER_PORT, or on a free port when it is 0. A rank that exits abnormally takes the group
-with it: a monitor thread stops the survivors within seconds (SIGTERM, then SIGKILL), and every
-rank dies with this launcher's process. Collective timeouts (COLLECTIVE_TIMEOUT) end the
-ranks that wait on a peer that hangs without exiting.
+on MASTER_PORT (+ the group's index), or on a free port when it is 0. A rank that exits
+abnormally takes the group with it: a monitor thread stops the survivors within seconds
+(SIGTERM, then SIGKILL), and every rank dies with this launcher's process. Collective timeouts
+(COLLECTIVE_TIMEOUT) end the ranks that wait on a peer that hangs without exiting.
 
 Used by `wanserve generate` for a group size > 1 and by the task service's supervisor.
 """
@@ -178,7 +178,8 @@ def spawn_group(target: Callable[..., Any], args: tuple, world_size: int, settin
     if len(indices) != world_size:
         raise ValueError(f"{world_size} ranks need {world_size} device indices, got {indices}")
     addr = master_addr or settings.master_addr
-    port = settings.master_port or free_port(addr)
+    # A fixed MASTER_PORT is the first group's; group g rendezvous on MASTER_PORT + g.
+    port = settings.master_port + group_index if settings.master_port else free_port(addr)
     context = multiprocessing.get_context("spawn")
     processes = [
         context.Process(
