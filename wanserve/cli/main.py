@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from wanserve.cli.api import api
 from wanserve.cli.bench import bench
 from wanserve.cli.convert import convert
 from wanserve.cli.generate import generate
@@ -23,6 +24,7 @@ app.command("convert")(convert)
 app.command("bench")(bench)
 app.command("serve")(serve)
 app.command("worker")(worker)
+app.command("api")(api)
 
 
 if __name__ == "__main__":
