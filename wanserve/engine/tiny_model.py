@@ -88,20 +88,21 @@ def _vae(variant: VariantSpec):
 def _transformer(variant: VariantSpec):
     from diffusers import WanTransformer3DModel
 
-    in_channels, out_channels, image_dim, pos_embed = 16, 16, None, None
+    in_channels, out_channels, image_dim, pos_embed, added_kv = 16, 16, None, None, None
     if variant.name == "wan2.2-ti2v-5b":
         in_channels = out_channels = 48
     elif variant.name == "wan2.2-i2v-a14b":
         in_channels = 36
     elif variant.uses_clip:
-        in_channels, image_dim = 36, CLIP_HIDDEN
+        # Like the real Wan2.1 I2V / FLF2V: CLIP tokens get their own key/value projections in cross-attention.
+        in_channels, image_dim, added_kv = 36, CLIP_HIDDEN, HEADS * HEAD_DIM
         if variant.name == "wan2.1-flf2v":
             pos_embed = 2 * ((CLIP_IMAGE_SIZE // CLIP_PATCH) ** 2 + 1)
     return WanTransformer3DModel(
         patch_size=(1, 2, 2), num_attention_heads=HEADS, attention_head_dim=HEAD_DIM,
         in_channels=in_channels, out_channels=out_channels, text_dim=TEXT_DIM, freq_dim=256, ffn_dim=32,
         num_layers=2, cross_attn_norm=True, qk_norm="rms_norm_across_heads", rope_max_seq_len=1024,
-        image_dim=image_dim, pos_embed_seq_len=pos_embed,
+        image_dim=image_dim, added_kv_proj_dim=added_kv, pos_embed_seq_len=pos_embed,
     )
 
 
