@@ -216,7 +216,8 @@ def _naive_transformer(files, dtype):
 
 def run_child(component: str, route: str, folder: Path, load_dtype: str) -> dict:
     code = (
-        "import json, sys; sys.path.insert(0, %r); import load_memory as m; "
+        # Appended, not prepended: benchmarks/queue.py must not shadow the stdlib's queue.
+        "import json, sys; sys.path.append(%r); import load_memory as m; "
         "print(json.dumps(m.measure(%r, %r, %r, %r)))" % (str(Path(__file__).parent), component, route, str(folder),
                                                          load_dtype)
     )
