@@ -6,6 +6,7 @@ import typer
 
 from wanserve.cli.api import api
 from wanserve.cli.bench import bench
+from wanserve.cli.diagnose import diagnose
 from wanserve.cli.convert import convert
 from wanserve.cli.generate import generate
 from wanserve.cli.models import make_tiny_model
@@ -22,6 +23,7 @@ app.command("generate")(generate)
 app.command("make-tiny-model")(make_tiny_model)
 app.command("convert")(convert)
 app.command("bench")(bench)
+app.command("diagnose")(diagnose)
 app.command("serve")(serve)
 app.command("worker")(worker)
 app.command("api")(api)
