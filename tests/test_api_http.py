@@ -470,3 +470,32 @@ def _listening_addresses(port: int) -> set[str]:
         if state == "0A" and int(hex_port, 16) == port:
             found.add(str(ipaddress.IPv4Address(bytes.fromhex(address)[::-1])))
     return found
+
+
+# ------------------------------------------------------------------ PostgreSQL
+@pytest.mark.postgres
+def test_on_postgresql_events_arrive_by_notify_and_text_is_checked(postgres_url, tmp_path):
+    from worker_support import create_schema, drop_schema
+
+    schema, url = create_schema(postgres_url)
+    server = LiveApi(load_settings(data_dir=tmp_path, database_url=url)).start()
+    try:
+        with server.client() as c:
+            nul = c.post("/submit", content=json.dumps({"prompt": "a\u0000b"}),
+                         headers={"Content-Type": "application/json"})
+            assert nul.status_code == 422 and error_of(nul)["field"] == "prompt"
+            assert c.get("/status/%00").status_code == 404
+            task_id = submit(c)["task_id"]
+            with httpx.Client(base_url=server.url, timeout=30) as streamer, \
+                    streamer.stream("GET", f"/events/{task_id}") as response:
+                seen = []
+                for _, data, arrived in sse_events(response):
+                    seen.append((data["status"], arrived))
+                    if len(seen) == 1:
+                        sent = time.perf_counter()
+                        c.post(f"/cancel/{task_id}")
+            assert [s for s, _ in seen] == ["queued", "cancelled"]
+            assert seen[1][1] - sent < 1.0  # LISTEN/NOTIFY, not the fallback poll
+    finally:
+        server.stop()
+        drop_schema(postgres_url, schema)
