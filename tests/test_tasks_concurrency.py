@@ -13,6 +13,8 @@ from wanserve.request import GenerationRequest
 from wanserve.settings import load_settings
 from wanserve.tasks import TaskStatus, TaskStore
 
+pytestmark = pytest.mark.slow  # real processes
+
 SPAWN = multiprocessing.get_context("spawn")
 
 

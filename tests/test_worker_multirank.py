@@ -7,12 +7,15 @@ import os
 import signal
 from pathlib import Path
 
+import pytest
 from conftest import decode_mp4, psnr
 from worker_support import ServiceProcess, ready_groups, service_env, wait_for
 
 from wanserve.request import GenerationRequest
 from wanserve.settings import load_settings
 from wanserve.tasks import TaskStatus, TaskStore
+
+pytestmark = pytest.mark.slow  # real processes
 
 
 def test_two_rank_group_serves_and_survives_a_killed_follower(tmp_path, demo_data_dir):

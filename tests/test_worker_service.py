@@ -20,6 +20,8 @@ from wanserve.request import GenerationRequest
 from wanserve.settings import load_settings
 from wanserve.tasks import GroupState, TaskRecord, TaskStatus, TaskStore
 
+pytestmark = pytest.mark.slow  # real processes
+
 TASK_TIMEOUT = 6.0
 WATCHDOG_SECONDS = 5.0
 RESULT_TTL = 25.0
@@ -150,6 +152,9 @@ def test_task_timeout_fails_at_the_next_step(service):
 
 def test_watchdog_kills_a_stuck_group_and_restarts_it(service):
     svc, store = service
+    if svc.command == "serve":
+        pytest.skip("the watchdog reads the group registry the same way on both databases; "
+                    "run on SQLite only to keep the suite short")
     before = the_group(store, svc)
     stuck = submit(store, "[hang] stuck in a step")
     done = finished(store, stuck.id, timeout=60)

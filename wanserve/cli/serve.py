@@ -11,6 +11,7 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import signal
+import sys
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Annotated, Any
@@ -59,6 +60,13 @@ def run_supervisor(settings: Settings) -> int:
 
 
 def _supervisor_process(settings: Settings) -> None:
+    if sys.platform.startswith("linux"):  # die with `serve` (kill -9 included): no orphaned supervisor
+        try:
+            import ctypes
+
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except OSError:
+            pass
     raise SystemExit(run_supervisor(settings))
 
 

@@ -290,6 +290,11 @@ class Supervisor:
                     f"WORKER_ID {self.worker_id!r} is used by a running supervisor (pid {pid}) on this host; "
                     "stop it, or give each supervisor its own WORKER_ID"
                 )
+            if group.host != self.host and group.responsive and group.state in (GroupState.idle, GroupState.busy):
+                raise SupervisorError(
+                    f"WORKER_ID {self.worker_id!r} is used by a live supervisor on host {group.host}; "
+                    "give each machine its own WORKER_ID"
+                )
             for task in store.release(group_id=group.id, code=ErrorCode.worker_lost,
                                       reason="its worker group stopped when the service was stopped abruptly"):
                 log.warning("task %s left running by a previous run: now %s", task.id, task.status.value)
