@@ -16,7 +16,6 @@ import hashlib
 import os
 import tempfile
 import urllib.parse
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -280,7 +279,6 @@ def _write_atomic(path: Path, data: bytes) -> None:
 
 # The source of one input: an upload, or a URL (http, https, data:).
 InputSource = UploadFile | str
-Reader = Callable[[InputSource, str], Awaitable[bytes]]
 
 
 async def read_source(source: InputSource, field_name: str, fetcher: RemoteFetcher) -> bytes:
