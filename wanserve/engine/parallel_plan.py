@@ -1,8 +1,11 @@
 """How one denoising run is spread over the ranks of a group.
 
-The engine calls these three points of its loop through a `ParallelPlan`. `SingleProcess` is the
-plan of a group of one; multi-rank plans (Ulysses, Ring, CFG parallel, VAE parallel) implement
-the same interface in `wanserve.engine.distributed`.
+The engine calls the points of its loop (stop decisions, guided noise, decode, which text
+branch a rank needs) and of its setup (placement, `prepare`, `check_request`) through a
+`ParallelPlan`. The base class (`SINGLE_PROCESS`) is the plan of a group of one; the multi-rank
+plan (Ulysses, Ring, CFG parallel, FSDP, VAE parallel) is `wanserve.engine.distributed.GroupPlan`,
+returned by `init_rank`. A rank must run the leader's *resolved* request (`broadcast_object`):
+resolving again per rank would draw a different random seed on each.
 """
 
 from __future__ import annotations
