@@ -80,3 +80,31 @@ def test_idle_group_picks_up_a_task_within_100_ms(settings_kwargs):
         group.join(10)
     assert statistics.median(latencies) < 0.1, latencies
     store.close()
+
+
+def test_a_cancel_racing_a_claim_is_never_lost(settings_kwargs):
+    """Every cancel ends as `cancelled` or as a running task with `cancel_requested` (its group
+    stops it at the next step), even while claimers take tasks at the same moment."""
+    import threading
+
+    store = TaskStore(load_settings(**settings_kwargs))
+    ids = [store.enqueue(GenerationRequest(prompt=f"p{i}")).id for i in range(40)]
+    claimed: list[str] = []
+
+    def claimer() -> None:
+        while (task := store.claim(lease_owner="race/g0#x", task_types=["t2v"], models=["demo"])) is not None:
+            claimed.append(task.id)
+
+    threads = [threading.Thread(target=claimer) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for task_id in ids:
+        store.cancel(task_id)
+    for t in threads:
+        t.join()
+    for task_id in ids:
+        record = store.get(task_id)
+        assert record.status is TaskStatus.cancelled or (
+            record.status is TaskStatus.running and record.cancel_requested and task_id in claimed
+        ), record
+    store.close()

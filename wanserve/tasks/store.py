@@ -99,8 +99,10 @@ class TaskStore:
         if events:
             self.wakeup.after_commit(events)
 
-    def _row(self, conn: Connection, task_id: str, owner: str | None = None) -> Any:
+    def _row(self, conn: Connection, task_id: str, owner: str | None = None, *, lock: bool = False) -> Any:
         query = select(T).where(T.c.id == task_id)
+        if lock:  # PostgreSQL: claims skip the locked row, so its status cannot change under us
+            query = query.with_for_update()
         row = conn.execute(query).first()
         if row is None or (owner is not None and row.owner != owner):
             raise TaskNotFound(task_id)
@@ -288,7 +290,7 @@ class TaskStore:
         denoising step and marks it cancelled. Already finished: returned unchanged (check
         `status`)."""
         with self._write() as (conn, events):
-            row = self._row(conn, task_id, owner)
+            row = self._row(conn, task_id, owner, lock=True)
             if row.status == TaskStatus.queued:
                 row = self._move(conn, row, TaskStatus.cancelled, {"finished_at": time.time()}, events) or row
             elif row.status == TaskStatus.running and not row.cancel_requested:
@@ -303,7 +305,7 @@ class TaskStore:
     def delete(self, task_id: str, owner: str | None = None) -> None:
         """Remove the task and its files. A running task must be cancelled first (TaskStateError)."""
         with self._write() as (conn, events):
-            row = self._row(conn, task_id, owner)
+            row = self._row(conn, task_id, owner, lock=True)
             if row.status == TaskStatus.running:
                 raise TaskStateError(task_id, row.status, "delete", "cancel it first")
             deleted = conn.execute(
