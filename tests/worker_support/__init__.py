@@ -119,9 +119,12 @@ class ServiceProcess:
 
 
 def service_env(data_dir: Path, model_dir: Path, database_url: str | None, **settings: Any) -> dict[str, str]:
+    from conftest import free_port
+
     env = {
         "DATA_DIR": str(data_dir), "MODEL_CKPT_DIR": str(model_dir), "LOG_LEVEL": "info",
         "WORKER_ID": f"test-{uuid.uuid4().hex[:6]}", "DEVICES": "auto",
+        "SERVER_PORT": str(free_port()),  # `serve` also starts the HTTP API
     }
     if database_url:
         env["DATABASE_URL"] = database_url
