@@ -132,3 +132,13 @@ def test_demo_steps_limit_caps_only_random_weight_models(tiny_models):
     resolved = engine.resolve(GenerationRequest(**REQUEST))
     assert resolved.infer_steps == 3
     assert any(a.field == "infer_steps" and "demo" in a.reason for a in resolved.adjustments)
+
+
+def test_compile_keeps_the_video(tiny_models):
+    request = GenerationRequest(prompt="x", size="32*32", num_frames=1, infer_steps=1, seed=2)
+    plain = WanEngine.load(tiny_models["wan2.1-t2v"], EngineOptions(device="cpu")).generate(request).frames
+    engine = WanEngine.load(tiny_models["wan2.1-t2v"], EngineOptions(device="cpu", compile=True))
+    assert all(hasattr(block, "_compiled_call_impl") and block._compiled_call_impl is not None
+               for block in engine.components.transformer.blocks)
+    compiled = engine.generate(request).frames
+    assert np.abs(compiled.astype(int) - plain.astype(int)).max() <= 2

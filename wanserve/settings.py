@@ -67,6 +67,9 @@ class Settings(BaseSettings):
     vae_tile_size: int | None = Field(
         None, ge=32, description="VAE tile side in pixels (default: diffusers' 256); tiles overlap by a quarter."
     )
+    compile: bool = Field(
+        False, description="torch.compile the transformer blocks: faster steps after a warm-up on the first request."
+    )
     cpu_offload: OffloadMode = Field(
         "none", description="none | model (each model on the device only while it runs) | group (block by block)."
     )

@@ -52,6 +52,7 @@ class EngineOptions:
     step_cache: CacheOptions | None = None
     demo_steps_limit: int = 0
     device_index: int = 0
+    compile: bool = False
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> "EngineOptions":
@@ -71,7 +72,7 @@ class EngineOptions:
             attention_backend=settings.attention_backend, t5_cpu=settings.t5_cpu,
             vae_tiling=settings.vae_tiling, vae_tile_size=settings.vae_tile_size,
             cpu_offload=settings.cpu_offload, step_cache=cache,
-            demo_steps_limit=settings.demo_steps_limit,
+            demo_steps_limit=settings.demo_steps_limit, compile=settings.compile,
         )
         values.update(overrides)
         return cls(**values)
@@ -122,6 +123,11 @@ class WanEngine:
         self._place_modules()
         self.attention_backend = self._set_attention_backend()
         self.plan.prepare(self)  # context parallel / FSDP of a multi-rank plan
+        if options.compile:
+            # Regional compilation: each transformer block once (all blocks share the code), not the
+            # whole model, so warm-up stays around a minute; graph breaks allowed for FSDP / CP hooks.
+            for expert in components.experts:
+                expert.compile_repeated_blocks(fullgraph=False)
         if options.vae_tiling:
             size = options.vae_tile_size
             components.vae.enable_tiling(
