@@ -41,9 +41,16 @@ def run_all(target, args_list, timeout: float = 120) -> None:
 
 def test_concurrent_claims_never_run_a_task_twice(settings_kwargs, tmp_path):
     store = TaskStore(load_settings(**settings_kwargs))
-    ids = {store.enqueue(GenerationRequest(prompt=f"p{i}")).id for i in range(60)}
+    ids = {store.enqueue(GenerationRequest(prompt=f"p{i}")).id for i in range(90)}
     outs = [tmp_path / f"claims-{i}.txt" for i in range(3)]
-    run_all(claimers.drain_queue, [(settings_kwargs, f"proc{i}", 2, str(out)) for i, out in enumerate(outs)])
+    start = SPAWN.Barrier(len(outs))  # every claimer imported and connected, then all go at once
+    args = [(settings_kwargs, f"proc{i}", 2, str(out), start) for i, out in enumerate(outs)]
+    processes = [SPAWN.Process(target=claimers.drain_queue, args=a) for a in args]
+    for p in processes:
+        p.start()
+    for p in processes:
+        p.join(120)
+        assert p.exitcode == 0
     claims = [line for out in outs for line in out.read_text().split("\n") if line]
     assert len(claims) == len(ids) and set(claims) == ids  # each task claimed exactly once
     assert sum(1 for out in outs if out.read_text()) >= 2  # the claimers really competed

@@ -18,10 +18,12 @@ def fake_result(task_id: str) -> TaskResult:
                       width=2, height=2, fps=1, bytes=1, thumbnail_bytes=1, seed=0, steps=1, model_label="demo")
 
 
-def drain_queue(settings: dict[str, Any], name: str, threads: int, out: str) -> None:
+def drain_queue(settings: dict[str, Any], name: str, threads: int, out: str, start: Any) -> None:
     """`threads` claimers, each claiming and completing until nothing is queued; the ids each
-    claimed are written to `out` (one per line)."""
+    claimed are written to `out` (one per line). All processes begin together (`start`: a Barrier)."""
     store = TaskStore(load_settings(**settings), migrate=False)
+    store.counts()  # connected before the start
+    start.wait(120)
     claimed: list[str] = []
     lock = threading.Lock()
 
