@@ -79,7 +79,7 @@ def test_the_task_type_comes_from_the_inputs(client, api):
     assert submit(client)["task"] == "t2v"
     status = submit(client, image_url=data_url(png_bytes()))
     assert status["task"] == "i2v" and status["request"]["inputs"] == ["image"]
-    stored = list((api.settings.data_dir / "inputs" / status["task_id"]).iterdir())
+    stored = list((api.settings.results_path / status["task_id"] / "inputs").iterdir())
     assert len(stored) == 1 and stored[0].read_bytes() == png_bytes()
 
 
@@ -274,7 +274,7 @@ def test_idempotency_key_returns_the_same_task(client, api):
     other_image = client.post("/submit", json={**body, "image_url": data_url(png_bytes(color=(0, 0, 255)))},
                               headers=key)
     assert other_image.status_code == 409
-    inputs = list((api.settings.data_dir / "inputs" / first["task_id"]).iterdir())
+    inputs = list((api.settings.results_path / first["task_id"] / "inputs").iterdir())
     assert len(inputs) == 1  # the conflicting image was not left behind
     bad_key = client.post("/submit", json=body, headers={"Idempotency-Key": "x" * 300})
     assert bad_key.status_code == 422 and error_of(bad_key)["field"] == "Idempotency-Key"
@@ -291,7 +291,7 @@ def test_a_full_queue_is_429_with_retry_after(tmp_path):
             sdk = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
             with pytest.raises(openai.RateLimitError):
                 sdk.videos.create(prompt="also too many", size="64x64")
-            assert not (tmp_path / "inputs").exists() or not any((tmp_path / "inputs").iterdir())
+            assert not list((tmp_path / "results").glob("*/inputs/*"))  # no orphan input files
     finally:
         server.stop()
 
@@ -358,7 +358,7 @@ def test_openai_create_list_retrieve_delete_while_queued(api):
     assert deleted.deleted and deleted.id == second.id and deleted.object == "video.deleted"
     with pytest.raises(openai.NotFoundError):
         sdk.videos.retrieve(second.id)
-    assert not (api.settings.data_dir / "inputs" / second.id).exists()
+    assert not (api.settings.results_path / second.id / "inputs").exists()
     with pytest.raises(openai.UnprocessableEntityError) as e:
         sdk.videos.create(prompt="x", size="64x64", model="sora-2")
     assert e.value.body["param"] == "model" if isinstance(e.value.body, dict) else True
@@ -499,3 +499,17 @@ def test_on_postgresql_events_arrive_by_notify_and_text_is_checked(postgres_url,
     finally:
         server.stop()
         drop_schema(postgres_url, schema)
+
+
+def test_a_request_without_a_seed_gets_one_at_submit(client):
+    """Fixed at submit, so a retry after a crash (another attempt) makes the same video."""
+    first, second = submit(client), submit(client)
+    for status in (first, second):
+        assert isinstance(status["request"]["seed"], int)
+        assert client.get(f"/status/{status['task_id']}").json()["request"]["seed"] == status["request"]["seed"]
+    assert first["request"]["seed"] != second["request"]["seed"]
+    key = {"Idempotency-Key": f"seedless-{time.time_ns()}"}
+    once = client.post("/submit", json={**TINY, "prompt": "keyed"}, headers=key).json()
+    again = client.post("/submit", json={**TINY, "prompt": "keyed"}, headers=key).json()
+    assert once["task_id"] == again["task_id"] and once["request"]["seed"] == again["request"]["seed"]
+    assert submit(client, seed=0)["request"]["seed"] == 0

@@ -73,7 +73,7 @@ def claim(store: TaskStore, owner: str = "host/g0#a", task_types=T2V, models=MOD
 
 def result_for(store: TaskStore, task_id: str) -> TaskResult:
     folder = store.results_dir(task_id)
-    folder.mkdir(parents=True)
+    folder.mkdir(parents=True, exist_ok=True)  # the inputs may already be in it
     (folder / "video.mp4").write_bytes(b"mp4")
     (folder / "thumbnail.jpg").write_bytes(b"jpg")
     return TaskResult(video_path=str(folder / "video.mp4"), thumbnail_path=str(folder / "thumbnail.jpg"),

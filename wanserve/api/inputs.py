@@ -257,11 +257,13 @@ class InputFolder:
             self.written.remove(path)
 
     def discard(self) -> None:
-        """Remove the files this request wrote (and the folder if that leaves it empty)."""
+        """Remove the files this request wrote (and the folders if that leaves them empty: the
+        inputs folder and the task folder above it)."""
         for path in list(self.written):
             self.discard_path(path)
-        with contextlib.suppress(OSError):
-            self.folder.rmdir()
+        for folder in (self.folder, self.folder.parent):
+            with contextlib.suppress(OSError):
+                folder.rmdir()
 
 
 def _write_atomic(path: Path, data: bytes) -> None:

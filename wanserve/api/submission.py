@@ -56,6 +56,11 @@ def idempotent_task_id(owner: str, key: str) -> str:
     return hashlib.sha256(f"{owner}\0{key}".encode()).hexdigest()[:32]
 
 
+def task_seed(task_id: str) -> int:
+    """The seed of a request that gave none: random per task, stable for one task id."""
+    return int(hashlib.sha256(task_id.encode()).hexdigest()[:8], 16) & 0x7FFFFFFF
+
+
 def _generation_request(submission: Submission, **values) -> GenerationRequest:
     try:
         return GenerationRequest(**{**submission.fields, **values})
@@ -99,12 +104,14 @@ async def submit(submission: Submission, caller: Caller, *, store: TaskStore, mo
         folder.discard()
         raise
 
-    # 3. The request as it will run: snapped values made explicit, the seed left to the worker
-    #    when unset (so a repeated idempotent request stays the same request).
+    # 3. The request as it will run: snapped values made explicit, and the seed fixed now, so that a
+    #    retry after a crash makes the same video. Derived from the task id: a repeat of an
+    #    idempotent request (same id) stays the same request.
     final = _generation_request(
         submission, task=resolved.task, size=resolved.size, num_frames=resolved.num_frames,
         infer_steps=resolved.infer_steps, guidance_scale=resolved.guidance_scale,
         guidance_scale_2=resolved.guidance_scale_2, sample_shift=resolved.sample_shift, fps=resolved.fps,
+        seed=submission.fields.get("seed") if submission.fields.get("seed") is not None else task_seed(task_id),
         **paths,
     )
     try:

@@ -151,8 +151,11 @@ class TaskStore:
         return uuid.uuid4().hex
 
     def inputs_dir(self, task_id: str) -> Path:
-        """Where the API keeps a task's uploaded / fetched inputs (deleted with its results)."""
-        return self.settings.data_dir / "inputs" / task_id
+        """Where the API keeps a task's uploaded / fetched inputs (deleted with its results).
+
+        Inside the task's results folder: when API and workers run on different machines,
+        RESULTS_DIR is the shared path, and the workers must read the inputs from it too."""
+        return self.results_dir(task_id) / "inputs"
 
     def results_dir(self, task_id: str) -> Path:
         return self.settings.results_path / task_id
