@@ -62,7 +62,7 @@ def test_concurrent_claims_never_run_a_task_twice(settings_kwargs, tmp_path):
 def test_schema_is_created_once_when_processes_start_together(settings_kwargs):
     run_all(claimers.open_store, [(settings_kwargs,)] * 4)
     store = TaskStore(load_settings(**settings_kwargs))
-    assert store.db.migrate() == "0001"
+    assert store.db.migrate() == "0002"
     assert store.counts()[TaskStatus.queued] == 0
     store.close()
 

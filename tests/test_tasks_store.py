@@ -300,6 +300,25 @@ def test_group_registry_follows_the_group(store):
     assert store.list_groups(supervisor="other") == []
 
 
+def test_group_memory_is_per_device_from_each_rank_and_forgotten_with_the_processes(store):
+    store.register_group("h/g0", supervisor="h", host="h", state=GroupState.starting, lease_owner="h/g0#a")
+    store.group_ready("h/g0#a", model_label="demo", variant="wan2.2-ti2v-5b", task_types=["t2v"])
+    cpu = {"device": "cpu", "free_bytes": 6 << 30, "total_bytes": 8 << 30}
+    store.report_memory("h/g0#a", 1, {**cpu, "used_bytes": 300, "peak_bytes": 500})
+    assert store.heartbeat("h/g0#a", memory={**cpu, "used_bytes": 100, "peak_bytes": 200})
+    store.report_memory("h/g0#a", 2, {"device": "cuda:1", "used_bytes": 7, "peak_bytes": 9,
+                                      "free_bytes": 1, "total_bytes": 10})
+    store.report_memory("h/g0#stale", 0, {**cpu, "used_bytes": 1 << 40, "peak_bytes": 1 << 40})  # old incarnation
+    [host, cuda] = store.get_group("h/g0").memory  # sorted by device
+    assert (host.device, host.ranks, host.used_bytes, host.peak_bytes) == ("cpu", [0, 1], 400, 700)
+    assert (host.free_bytes, host.total_bytes) == (6 << 30, 8 << 30) and host.updated_at is not None
+    assert (cuda.device, cuda.ranks, cuda.used_bytes, cuda.total_bytes) == ("cuda:1", [2], 7, 10)
+    assert store.heartbeat("h/g0#a", memory={**cpu, "used_bytes": 150, "peak_bytes": 200})
+    assert store.get_group("h/g0").memory[0].used_bytes == 450  # rank 0 replaced, rank 1 kept
+    store.set_group_state("h/g0", GroupState.restarting, last_error="killed")
+    assert store.get_group("h/g0").memory == []
+
+
 def test_tasks_survive_a_new_store_on_the_same_database(make_store):
     first = make_store()
     task = first.enqueue(request("durable"))
@@ -318,7 +337,7 @@ def test_migrated_schema_matches_the_models(store):
     with store.db.engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
     assert diff == []
-    assert store.db.migrate() == "0001"  # idempotent
+    assert store.db.migrate() == "0002"  # idempotent
 
 
 def test_unknown_schema_revision_is_refused(tmp_path):

@@ -128,6 +128,34 @@ def memory_report(info: DeviceInfo) -> list[dict[str, float | int | str]]:
     return rows
 
 
+def memory_usage(device: torch.device) -> dict[str, int | str]:
+    """This process's memory on `device`, in bytes, as a worker group reports it to the registry
+    (tasks.records.DeviceMemory): used / peak = what this process holds (the caching allocator's
+    reserve on a GPU / NPU, resident memory on the CPU); free / total = the whole device.
+
+    Only the process's own device is queried: asking about another GPU would create a context
+    there (hundreds of MiB on a device another rank uses)."""
+    if device.type == "cpu":
+        meminfo, rss = _meminfo(), process_rss_bytes()
+        # The kernel's high-water mark lags the current RSS by a page or so: never below it.
+        return {"device": "cpu", "used_bytes": rss, "peak_bytes": max(rss, peak_rss_bytes()),
+                "free_bytes": meminfo.get("MemAvailable", 0), "total_bytes": meminfo.get("MemTotal", 0)}
+    module = torch.cuda if device.type == "cuda" else torch.npu  # type: ignore[attr-defined]
+    index = device.index if device.index is not None else module.current_device()
+    free, total = module.mem_get_info(index)
+    return {"device": f"{device.type}:{index}", "used_bytes": int(module.memory_reserved(index)),
+            "peak_bytes": int(module.max_memory_reserved(index)), "free_bytes": int(free), "total_bytes": int(total)}
+
+
+def _meminfo() -> dict[str, int]:
+    """/proc/meminfo in bytes (empty where there is none)."""
+    try:
+        with open("/proc/meminfo") as f:
+            return {line.split(":")[0]: int(line.split()[1]) * 1024 for line in f if len(line.split()) >= 2}
+    except (OSError, ValueError):
+        return {}
+
+
 def process_rss_bytes() -> int:
     try:
         with open("/proc/self/statm") as f:

@@ -11,12 +11,20 @@ from wanserve.tasks.errors import (
     TaskStateError,
     TaskStoreError,
 )
-from wanserve.tasks.records import GroupRecord, Progress, TaskError, TaskPage, TaskRecord, TaskResult
+from wanserve.tasks.records import (
+    DeviceMemory,
+    GroupRecord,
+    Progress,
+    TaskError,
+    TaskPage,
+    TaskRecord,
+    TaskResult,
+)
 from wanserve.tasks.status import ACTIVE, TERMINAL, ErrorCode, GroupState, TaskStatus
 from wanserve.tasks.store import StepAck, TaskStore
 
 __all__ = [
-    "ACTIVE", "TERMINAL", "ErrorCode", "GroupRecord", "GroupState", "IdempotencyConflict", "Progress",
-    "QueueFullError", "SchemaError", "StepAck", "TaskError", "TaskNotFound", "TaskPage", "TaskRecord",
+    "ACTIVE", "TERMINAL", "DeviceMemory", "ErrorCode", "GroupRecord", "GroupState", "IdempotencyConflict",
+    "Progress", "QueueFullError", "SchemaError", "StepAck", "TaskError", "TaskNotFound", "TaskPage", "TaskRecord",
     "TaskResult", "TaskStateError", "TaskStatus", "TaskStore", "TaskStoreError",
 ]

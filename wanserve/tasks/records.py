@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -128,6 +129,51 @@ class TaskPage(BaseModel):
     next_after: str | None
 
 
+class DeviceMemory(BaseModel):
+    """Memory of one device as a worker group's processes report it (bytes).
+
+    `used_bytes` / `peak_bytes`: held by the group's processes on the device (the framework's
+    allocator reserve on a GPU / NPU; resident memory on the CPU), now and at most since they
+    started. `free_bytes` / `total_bytes`: the whole device (other processes included)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    device: str  # "cuda:0", "npu:3", "cpu"
+    used_bytes: int
+    peak_bytes: int
+    free_bytes: int | None = None
+    total_bytes: int | None = None
+    ranks: list[int] = Field(default_factory=list)  # the group's ranks on this device
+    updated_at: datetime | None = None  # the oldest of their reports
+
+    @classmethod
+    def from_stats(cls, stats: dict[str, Any] | None) -> list[DeviceMemory]:
+        """Per device, from the registry's `stats` JSON ({"memory": {"<rank>": row}}, one row per
+        rank process): ranks that share a device (CPU groups) add up their own memory."""
+        per_device: dict[str, list[tuple[int, dict[str, Any]]]] = {}
+        for rank, row in ((stats or {}).get("memory") or {}).items():
+            if isinstance(row, dict) and isinstance(row.get("device"), str):
+                per_device.setdefault(row["device"], []).append((int(rank), row))
+        devices: list[DeviceMemory] = []
+        for device, rows in sorted(per_device.items()):
+            ranks = sorted(rows, key=lambda r: r[0])
+            reported = [float(row["at"]) for _, row in ranks if row.get("at") is not None]
+            devices.append(cls(
+                device=device,
+                used_bytes=sum(int(row.get("used_bytes") or 0) for _, row in ranks),
+                peak_bytes=sum(int(row.get("peak_bytes") or 0) for _, row in ranks),
+                free_bytes=_first(row.get("free_bytes") for _, row in ranks),
+                total_bytes=_first(row.get("total_bytes") for _, row in ranks),
+                ranks=[rank for rank, _ in ranks],
+                updated_at=to_datetime(min(reported)) if reported else None,
+            ))
+        return devices
+
+
+def _first(values: Iterable[Any]) -> int | None:
+    return next((int(v) for v in values if v is not None), None)
+
+
 class GroupRecord(BaseModel):
     """A worker group as /health shows it."""
 
@@ -153,6 +199,7 @@ class GroupRecord(BaseModel):
     updated_at: datetime
     # False when an idle/busy group has not heartbeated for a while (its machine may be gone).
     responsive: bool
+    memory: list[DeviceMemory] = Field(default_factory=list)  # of the running processes, per device
 
     @classmethod
     def from_row(cls, row: Any, now: float, stale_after: float) -> GroupRecord:
@@ -167,7 +214,7 @@ class GroupRecord(BaseModel):
             tasks_served=r["tasks_served"], restarts=r["restarts"], last_error=r["last_error"],
             started_at=to_datetime(r["started_at"]), heartbeat_at=to_datetime(r["heartbeat_at"]),
             last_step_at=to_datetime(r["last_step_at"]), updated_at=to_datetime(r["updated_at"]),
-            responsive=responsive,
+            responsive=responsive, memory=DeviceMemory.from_stats(r.get("stats")),
         )
 
 

@@ -97,3 +97,5 @@ class WorkerGroupRow(Base):
     heartbeat_at: Mapped[float | None] = mapped_column(Double)
     last_step_at: Mapped[float | None] = mapped_column(Double)  # the watchdog compares against this
     updated_at: Mapped[float] = mapped_column(Double)
+    # What the running processes report about themselves: {"memory": {"<rank>": {...}}} (records.py).
+    stats: Mapped[dict[str, Any] | None] = mapped_column(JSON)

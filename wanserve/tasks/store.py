@@ -10,7 +10,7 @@ Submitting side (the API):
 Worker side (supervisors and groups):
     claim, heartbeat, report_progress, is_cancel_requested, complete, fail, finish_cancelled,
     release, recover_expired_leases, expire_results, register_group, group_ready, set_group_state,
-    listen (wake-ups)
+    report_memory, listen (wake-ups)
 
 State machine: see `status.TRANSITIONS`. Every status change is a conditional UPDATE (on the
 expected status and, for a running task, on the lease owner), so two processes never both move
@@ -400,13 +400,16 @@ class TaskStore:
             return TaskRecord.from_row(row)
 
     def heartbeat(self, lease_owner: str, task_id: str | None = None,
-                  lease_seconds: float | None = None) -> bool:
+                  lease_seconds: float | None = None, memory: dict[str, Any] | None = None) -> bool:
         """Renew the group's heartbeat and, with `task_id`, the task's lease. False when the task
-        is no longer leased to this group (the caller must stop working on it)."""
+        is no longer leased to this group (the caller must stop working on it). `memory`: rank
+        0's device memory row (see `report_memory`), recorded in the same transaction."""
         lease = self.settings.lease_seconds if lease_seconds is None else lease_seconds
         now = time.time()
         with self._write() as (conn, _):
             conn.execute(update(G).where(G.c.lease_owner == lease_owner).values(heartbeat_at=now))
+            if memory is not None:
+                self._merge_memory(conn, lease_owner, 0, memory)
             if task_id is None:
                 return True
             held = conn.execute(
@@ -564,7 +567,7 @@ class TaskStore:
             "supervisor": supervisor, "host": host, "supervisor_pid": supervisor_pid, "state": state,
             "lease_owner": lease_owner, "pids": list(pids), "devices": list(devices), "restarts": restarts,
             "last_error": last_error, "current_task_id": None, "started_at": now, "heartbeat_at": now,
-            "last_step_at": None, "updated_at": now,
+            "last_step_at": None, "updated_at": now, "stats": None,  # new processes report afresh
         }
         with self._write() as (conn, _):
             if not conn.execute(update(G).where(G.c.id == group_id).values(**values)).rowcount:
@@ -581,7 +584,8 @@ class TaskStore:
         if pids is not None:
             values["pids"] = list(pids)
         if state in (GroupState.restarting, GroupState.failed, GroupState.stopped):
-            values.update(current_task_id=None, lease_owner=None)
+            # Its processes are gone: their memory figures would only mislead.
+            values.update(current_task_id=None, lease_owner=None, stats=None)
         with self._write() as (conn, _):
             conn.execute(update(G).where(G.c.id == group_id).values(**values))
 
@@ -595,6 +599,25 @@ class TaskStore:
             values["pids"] = list(pids)
         with self._write() as (conn, _):
             conn.execute(update(G).where(G.c.lease_owner == lease_owner).values(**values))
+
+    def report_memory(self, lease_owner: str, rank: int, memory: dict[str, Any]) -> None:
+        """Record one rank's device memory in its group's row (`stats.memory[rank]`): `memory` is
+        {"device": "cuda:0", "used_bytes", "peak_bytes", "free_bytes", "total_bytes"} (see
+        records.DeviceMemory). Ignored once `lease_owner` is no longer the group's incarnation."""
+        with self._write() as (conn, _):
+            self._merge_memory(conn, lease_owner, rank, memory)
+
+    def _merge_memory(self, conn: Connection, lease_owner: str, rank: int, memory: dict[str, Any]) -> None:
+        # Read-modify-write of one JSON value: the row lock (PostgreSQL) / the database write
+        # lock (SQLite) keeps two ranks reporting at once from dropping each other's rows.
+        row = conn.execute(
+            select(G.c.id, G.c.stats).where(G.c.lease_owner == lease_owner).with_for_update()
+        ).first()
+        if row is None:
+            return
+        stats = dict(row.stats or {})
+        stats["memory"] = {**(stats.get("memory") or {}), str(rank): {**memory, "at": time.time()}}
+        conn.execute(update(G).where(G.c.id == row.id, G.c.lease_owner == lease_owner).values(stats=stats))
 
     def remove_group(self, group_id: str) -> None:
         """Forget a group (a supervisor that now runs fewer groups than before)."""

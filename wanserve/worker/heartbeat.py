@@ -1,13 +1,16 @@
 """Rank 0's heartbeat thread: renews the group's registry row and its running task's lease.
 
 It runs beside the engine, so a long step never lets the lease lapse. What it cannot see is a
-step that never ends: the supervisor's watchdog compares the last *step* time instead.
+step that never ends: the supervisor's watchdog compares the last *step* time instead. Each beat
+also carries rank 0's device memory (`measure`), so /health and /metrics see it live, mid-task.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
+from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -17,8 +20,10 @@ log = logging.getLogger("wanserve.worker")
 
 
 class Heartbeat:
-    def __init__(self, store: TaskStore, lease_owner: str, lease_seconds: float) -> None:
+    def __init__(self, store: TaskStore, lease_owner: str, lease_seconds: float,
+                 measure: Callable[[], dict[str, Any]] | None = None) -> None:
         self._store = store
+        self._measure = measure
         self._lease_owner = lease_owner
         self._lease_seconds = lease_seconds
         self.interval = max(0.2, min(lease_seconds / 3, 10.0))
@@ -42,7 +47,7 @@ class Heartbeat:
             with self._lock:
                 task_id = self._task_id
             try:
-                held = self._store.heartbeat(self._lease_owner, task_id, self._lease_seconds)
+                held = self._store.heartbeat(self._lease_owner, task_id, self._lease_seconds, self.memory())
             except SQLAlchemyError as e:  # the database is unreachable for a moment: try again
                 log.warning("heartbeat failed: %s", e)
                 continue
@@ -51,6 +56,16 @@ class Heartbeat:
                     if self._task_id == task_id:
                         log.warning("lost the lease of task %s (it was given to another group)", task_id)
                         self.lease_lost.set()
+
+    def memory(self) -> dict[str, Any] | None:
+        """Rank 0's device memory now (None without `measure`, or when it cannot be read)."""
+        if self._measure is None:
+            return None
+        try:
+            return self._measure()
+        except Exception as e:  # noqa: BLE001 - a driver hiccup must not stop the lease renewals
+            log.warning("device memory not readable: %s", e)
+            return None
 
     def stop(self) -> None:
         self._stop.set()
