@@ -155,6 +155,7 @@ def measure(component: str, route: str, folder: str, load_dtype: str) -> dict:
     # Everything imported before the baseline, so it counts only the load itself.
     from diffusers import WanTransformer3DModel  # noqa: F401  (lazy modules imported now, not during the load)
     from transformers import UMT5EncoderModel  # noqa: F401
+
     from wanserve.engine.checkpoints.detect import read_dit_files
     from wanserve.engine.checkpoints.t5_keys import load_t5
     from wanserve.engine.checkpoints.transformer_keys import load_transformer
@@ -197,8 +198,8 @@ def _naive_transformer(files, dtype):
     from diffusers import WanTransformer3DModel
     from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers
 
-    from wanserve.engine.checkpoints.transformer_keys import transformer_config
     from wanserve.engine.checkpoints.tensors import open_safetensors
+    from wanserve.engine.checkpoints.transformer_keys import transformer_config
     from wanserve.variants import VARIANTS
 
     header = open_safetensors(files.shards)  # mapped, only to read shapes for the config

@@ -38,6 +38,7 @@ from typing import Any
 from wanserve.request import GenerationRequest
 from wanserve.settings import load_settings
 from wanserve.tasks import TaskResult, TaskStore
+from wanserve.tasks.claiming import next_task
 from wanserve.tasks.wakeup import QUEUE
 
 SPAWN = multiprocessing.get_context("spawn")
@@ -75,14 +76,9 @@ def _idle_group(kwargs: dict[str, Any], ready: Any, stop: Any) -> None:
     store = TaskStore(load_settings(**kwargs), migrate=False)
     listener = store.listen([QUEUE])
     ready.set()
-    poll = 0.1
-    while not stop.is_set():
-        task = store.claim(lease_owner="idle/g0#b", task_types=TYPES, models=MODELS)
-        if task is None:
-            listener.wait(poll)
-            poll = min(poll * 1.5, 2.0)
-            continue
-        poll = 0.1
+    # The worker groups' own wait-and-claim, so the latency measured is theirs.
+    while (task := next_task(store, listener, lease_owner="idle/g0#b", task_types=TYPES, models=MODELS,
+                             keep_going=lambda: not stop.is_set())) is not None:
         store.complete(task.id, "idle/g0#b", _fake_result(task.id))
     listener.close()
     store.close()

@@ -9,7 +9,7 @@ import io
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ import httpx
 import uvicorn
 from conftest import free_port
 from PIL import Image
+from worker_support import wait_for
 
 from wanserve.settings import Settings
 
@@ -138,24 +139,13 @@ def sse_events(response: httpx.Response) -> Iterator[tuple[str, dict[str, Any], 
             data.append(line[5:].strip())
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
-
-
 def poll_status(client: httpx.Client, task_id: str, timeout: float = 90.0) -> dict[str, Any]:
     """GET /status until the task is terminal (as the original clients do)."""
     def done() -> dict[str, Any] | None:
         status = client.get(f"/status/{task_id}").json()
         return status if status["status"] in ("completed", "failed", "cancelled") else None
 
-    return wait_until(done, timeout, f"task {task_id}", interval=0.1)
+    return wait_for(done, timeout, f"task {task_id}", interval=0.1)
 
 
 def write(path: Path, data: bytes) -> Path:

@@ -12,9 +12,9 @@ import math
 from pathlib import Path
 
 import torch
+from official_reference import T5Encoder, Wan21VAE, Wan22VAE, WanModel, XLMRobertaCLIP
 from safetensors.torch import save_file
 
-from official_reference import Wan21VAE, Wan22VAE, WanModel, T5Encoder, XLMRobertaCLIP
 from wanserve.engine.checkpoints import detect
 from wanserve.engine.tiny_model import DEMO_MARKER, _train_tokenizer
 from wanserve.variants import VARIANTS

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-from api_support import LiveApi, data_url, error_of, png_bytes, sse_events, wait_until
+from api_support import LiveApi, data_url, error_of, png_bytes, sse_events, wait_for
 from conftest import free_port
 
 from wanserve.settings import load_settings
@@ -385,7 +385,7 @@ def test_health_follows_the_worker_group_registry(tmp_path):
                                  lease_owner="m1/g0#1", pids=[101], devices=["cuda:0", "cuda:1"])
             store.group_ready("m1/g0#1", model_label="wan2.1-t2v:Wan2.1-T2V-1.3B", variant="wan2.1-t2v",
                               task_types=["t2v", "v2v"])
-            body = wait_until(lambda: (r := c.get("/health")).status_code == 200 and r.json(), 10, "health ok")
+            body = wait_for(lambda: (r := c.get("/health")).status_code == 200 and r.json(), 10, "health ok")
             assert body["status"] == "ok" and body["model"] == "wan2.1-t2v:Wan2.1-T2V-1.3B"
             assert (body["device_type"], body["device_count"]) == ("cuda", 2)
             [worker] = body["workers"]
@@ -445,7 +445,7 @@ def test_the_api_process_never_loads_torch(tmp_path):
             except httpx.HTTPError:
                 return process.poll() is not None
 
-        wait_until(up, 30, "the API process")
+        wait_for(up, 30, "the API process")
         assert process.poll() is None, process.stdout.read().decode() if process.stdout else ""
         assert httpx.post(f"{url}/submit", json={**TINY, "prompt": "x", "image_url": data_url(png_bytes())},
                           timeout=10).status_code == 200

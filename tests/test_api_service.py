@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-from api_support import ImageServer, data_url, error_of, png_bytes, poll_status, sse_events, wait_until
+from api_support import ImageServer, data_url, error_of, png_bytes, poll_status, sse_events, wait_for
 from conftest import decode_mp4, free_port
 from worker_support import ServiceProcess, service_env
 
@@ -48,7 +48,7 @@ def service(tmp_path_factory, demo_data_dir):
             return False
 
     try:
-        wait_until(serving, 120, "the service to serve", interval=0.25)
+        wait_for(serving, 120, "the service to serve", interval=0.25)
         yield svc, url
     finally:
         svc.stop()
@@ -167,7 +167,7 @@ def test_cancel_a_running_task_stops_it_within_a_step(service, client):
     _, url = service
     body = {**TINY, "infer_steps": 30, "prompt": "[slow=0.3] never finished"}
     task_id = client.post("/submit", json=body).json()["task_id"]
-    wait_until(lambda: client.get(f"/status/{task_id}").json()["stage"] == "denoise", 60, "denoising to start")
+    wait_for(lambda: client.get(f"/status/{task_id}").json()["stage"] == "denoise", 60, "denoising to start")
     with httpx.Client(base_url=url, timeout=60) as streamer, streamer.stream("GET", f"/events/{task_id}") as response:
         cancelled = client.post(f"/cancel/{task_id}")
         sent = time.perf_counter()
@@ -223,7 +223,7 @@ def test_deleting_a_running_video_cancels_it_first(service, client):
     openai_client = sdk(url)
     video = openai_client.videos.create(prompt="[slow=0.3] long", size="64x64",
                                         extra_body={"num_inference_steps": 30, "num_frames": 5})
-    wait_until(lambda: openai_client.videos.retrieve(video.id).status == "in_progress", 60, "the video to start")
+    wait_for(lambda: openai_client.videos.retrieve(video.id).status == "in_progress", 60, "the video to start")
     start = time.perf_counter()
     assert openai_client.videos.delete(video.id).deleted
     print(f"\nDELETE of a running video took {1000 * (time.perf_counter() - start):.0f} ms")

@@ -8,9 +8,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
-
 from conftest import decode_mp4
+from PIL import Image
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:

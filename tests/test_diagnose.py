@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 
 def diagnose(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from conftest import psnr
+
 from wanserve.engine.engine import EngineOptions, WanEngine
 from wanserve.engine.errors import GenerationError
 from wanserve.engine.step_cache import CacheOptions

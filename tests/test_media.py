@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import decode_mp4
 from PIL import Image
 
-from conftest import decode_mp4
 from wanserve import media
 
 

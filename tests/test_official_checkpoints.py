@@ -21,14 +21,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
 from conftest import decode_mp4, psnr
 from official_layout import (
-    CLIP, CLIP_TOKENS, T5, load_reference, make_official_folder, official_config, reference_clip, reference_dit,
-    reference_t5, reference_vae,
+    CLIP,
+    CLIP_TOKENS,
+    T5,
+    load_reference,
+    make_official_folder,
+    official_config,
+    reference_clip,
+    reference_dit,
+    reference_t5,
+    reference_vae,
 )
 from official_reference import official_clip_pixels
+from PIL import Image
+
 from wanserve.engine.checkpoints import detect
 from wanserve.engine.checkpoints.tensors import CheckpointKeyError
 from wanserve.engine.components import load_components

@@ -51,6 +51,16 @@ def parse_size(text: str) -> tuple[int, int]:
     return int(match.group(1)), int(match.group(2))
 
 
+def check_size_text(value: str | None) -> str | None:
+    """Pydantic validator body for size fields: the text must parse as W*H (or be unset)."""
+    if value is not None:
+        try:
+            parse_size(value)
+        except RequestError as e:
+            raise ValueError(e.message) from None
+    return value
+
+
 class GenerationRequest(BaseModel):
     """One video to generate. Unset fields take the model's recommended values."""
 
@@ -77,12 +87,7 @@ class GenerationRequest(BaseModel):
     @field_validator("size")
     @classmethod
     def _size_format(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                parse_size(value)
-            except RequestError as e:
-                raise ValueError(e.message) from None
-        return value
+        return check_size_text(value)
 
     def inferred_task(self) -> Task:
         if self.task is not None:

@@ -8,6 +8,7 @@ from typing import Any
 
 from wanserve.settings import load_settings
 from wanserve.tasks import TaskResult, TaskStore
+from wanserve.tasks.claiming import next_task
 from wanserve.tasks.wakeup import QUEUE
 
 TYPES, MODELS = ["t2v"], ["demo"]
@@ -58,14 +59,8 @@ def idle_group(settings: dict[str, Any], ready: Any, stop: Any) -> None:
     store = TaskStore(load_settings(**settings), migrate=False)
     listener = store.listen([QUEUE])
     ready.set()
-    poll = 0.1
-    while not stop.is_set():
-        task = store.claim(lease_owner="idle/g0#x", task_types=TYPES, models=MODELS)
-        if task is None:
-            listener.wait(poll)
-            poll = min(poll * 1.5, 2.0)
-            continue
-        poll = 0.1
+    while (task := next_task(store, listener, lease_owner="idle/g0#x", task_types=TYPES, models=MODELS,
+                             keep_going=lambda: not stop.is_set())) is not None:
         store.complete(task.id, "idle/g0#x", fake_result(task.id))
     listener.close()
     store.close()

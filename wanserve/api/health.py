@@ -71,6 +71,7 @@ def read_health(settings: Settings, store: TaskStore, models: ServedModels) -> H
             id=g.id, state=g.state.value, pids=g.pids, current_task=g.current_task_id, model=g.model_label,
             host=g.host, supervisor=g.supervisor, devices=g.devices, responsive=g.responsive,
             tasks_served=g.tasks_served, restarts=g.restarts, last_error=g.last_error, heartbeat_at=g.heartbeat_at,
+            memory=g.memory,
         ) for g in groups],
         queue=QueueInfo(queued=counts[TaskStatus.queued], running=counts[TaskStatus.running]),
     )

@@ -8,8 +8,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
-from wanserve.request import MAX_SEED, MAX_STEPS, Adjustment, RequestError, ResizeMode, Solver, parse_size
-from wanserve.tasks import TaskStatus
+from wanserve.request import MAX_SEED, MAX_STEPS, Adjustment, ResizeMode, Solver, check_size_text
+from wanserve.tasks import DeviceMemory, TaskStatus
 from wanserve.variants import Task
 
 
@@ -28,13 +28,6 @@ Text = Annotated[str, AfterValidator(_storable)]
 Prompt = Annotated[str, Field(max_length=10_000), AfterValidator(_storable)]
 
 
-def _size_text(value: str | None) -> str | None:
-    if value is not None:
-        try:
-            parse_size(value)
-        except RequestError as e:
-            raise ValueError(e.message) from None
-    return value
 
 
 class ErrorDetail(BaseModel):
@@ -63,7 +56,7 @@ class SubmitRequest(BaseModel):
     last_image_url: Text | None = Field(None, description="Last frame (flf2v): http(s) or data: URL.")
     video_url: Text | None = Field(None, description="Input video (v2v): http(s) or data: URL.")
     task: Task | None = Field(None, description="t2v | i2v | flf2v | v2v; unset: from the inputs (no image: t2v).")
-    image_size: Annotated[Text, AfterValidator(_size_text)] = Field(
+    image_size: Annotated[Text, AfterValidator(check_size_text)] = Field(
         "512*512", description="W*H (or WxH); snapped to the model's grid (see `adjustments`).")
     num_frames: int = Field(41, ge=1, le=1000, description="Snapped to 4n+1.")
     guidance_scale: float = Field(3.0, ge=0.0, le=50.0)
@@ -174,6 +167,9 @@ class WorkerInfo(BaseModel):
     restarts: int
     last_error: str | None
     heartbeat_at: datetime | None
+    memory: list[DeviceMemory] = Field(
+        default_factory=list, description="Per device: memory the group's processes hold now and at peak, "
+                                          "and the device's free and total memory (bytes), as last reported.")
 
 
 class QueueInfo(BaseModel):
@@ -221,7 +217,7 @@ class VideoCreateRequest(BaseModel):
     prompt: Prompt
     model: Text | None = Field(None, description="The served model's variant or label; unset: the served one.")
     seconds: str | float | None = Field(None, description="Clip length; frames = seconds x fps + 1, snapped to 4n+1.")
-    size: Annotated[Text, AfterValidator(_size_text)] | None = Field(None, description="WxH, e.g. 832x480.")
+    size: Annotated[Text, AfterValidator(check_size_text)] | None = Field(None, description="WxH, e.g. 832x480.")
     input_reference: Text | ImageReference | None = Field(None, description="First frame: an image URL "
                                                                               "(http(s) or data:) or an upload.")
     negative_prompt: Prompt | None = None

@@ -6,8 +6,8 @@ import typer
 
 from wanserve.cli.api import api
 from wanserve.cli.bench import bench
-from wanserve.cli.diagnose import diagnose
 from wanserve.cli.convert import convert
+from wanserve.cli.diagnose import diagnose
 from wanserve.cli.generate import generate
 from wanserve.cli.models import make_tiny_model
 from wanserve.cli.serve import serve, worker

@@ -28,7 +28,14 @@ from wanserve.engine.parallel_plan import SINGLE_PROCESS, ParallelPlan
 from wanserve.engine.schedulers import make_scheduler
 from wanserve.engine.step_cache import CacheOptions, enable_step_cache, reset_step_cache
 from wanserve.engine.tiny_model import ensure_demo_model
-from wanserve.request import Adjustment, GenerationRequest, RequestError, ResolvedRequest, resolve, snap_frames
+from wanserve.request import (
+    Adjustment,
+    GenerationRequest,
+    RequestError,
+    ResolvedRequest,
+    resolve,
+    snap_frames,
+)
 from wanserve.settings import Settings
 from wanserve.variants import Task
 

@@ -13,7 +13,11 @@ def make_scheduler(solver: str, shift: float, base_config: dict[str, Any]) -> An
     unipc is what the official Wan scripts default to; dpm++ is their 'dpm++' (2nd order
     multistep); euler is plain flow-matching Euler.
     """
-    from diffusers import DPMSolverMultistepScheduler, FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
+    from diffusers import (
+        DPMSolverMultistepScheduler,
+        FlowMatchEulerDiscreteScheduler,
+        UniPCMultistepScheduler,
+    )
 
     train_steps = int(base_config.get("num_train_timesteps", 1000))
     if solver == "unipc":

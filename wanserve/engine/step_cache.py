@@ -11,7 +11,6 @@ from dataclasses import dataclass
 
 import torch
 
-
 POLICIES = ("first_block", "taylorseer", "pab")
 # diffusers' default TaylorSeer patterns end in "attn" and so match none of Wan's modules
 # (attn1, attn2, ffn): name them, or the cache silently does nothing.

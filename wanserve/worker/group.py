@@ -23,6 +23,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from wanserve.settings import Settings
 from wanserve.tasks import TaskStore
+from wanserve.tasks.claiming import IDLE_POLL_MAX, next_task
 from wanserve.tasks.wakeup import CANCEL, QUEUE, group_topic
 from wanserve.worker.heartbeat import Heartbeat
 from wanserve.worker.logs import configure_logging
@@ -34,7 +35,6 @@ log = logging.getLogger("wanserve.worker")
 EXIT_OK = 0
 EXIT_START_FAILED = 3
 EXIT_BROKEN = 4
-IDLE_POLL_MIN, IDLE_POLL_MAX = 0.1, 2.0  # fallback poll when no wake-up comes (adaptive)
 
 
 @dataclass(frozen=True)
@@ -118,7 +118,8 @@ class GroupLeader:
         self.drain = drain
         self.world_size = spec.placement.world_size
         self.topic = group_topic(spec.lease_owner)
-        self.heartbeat = Heartbeat(store, spec.lease_owner, self.settings.lease_seconds)
+        self.heartbeat = Heartbeat(store, spec.lease_owner, self.settings.lease_seconds,
+                                   measure=lambda: _device_memory(engine))
         variant = engine.variant
         self.task_types = [t.value for t in variant.tasks]
         self.models = [variant.name, engine.model_label]
@@ -132,22 +133,12 @@ class GroupLeader:
                  ", ".join(self.task_types))
         self.heartbeat.start()
         listener = self.store.listen([QUEUE, CANCEL])
-        poll = IDLE_POLL_MIN
         outcome = Outcome.done
         try:
-            while not self.drain.requested and self._supervisor_alive():
-                try:
-                    task = self.store.claim(lease_owner=self.spec.lease_owner, task_types=self.task_types,
-                                            models=self.models)
-                except SQLAlchemyError as e:
-                    log.warning("claim failed (%s); retrying", e)
-                    task = None
-                if task is None:
-                    listener.wait(poll)
-                    poll = min(poll * 1.5, IDLE_POLL_MAX)
-                    continue
-                poll = IDLE_POLL_MIN
-                listener.poll()  # wake-ups that arrived before this task are about others
+            while (task := next_task(
+                self.store, listener, lease_owner=self.spec.lease_owner, task_types=self.task_types,
+                models=self.models, keep_going=lambda: not self.drain.requested and self._supervisor_alive(),
+            )) is not None:
                 outcome = TaskRun(
                     task, engine=self.engine, store=self.store, lease_owner=self.spec.lease_owner,
                     task_timeout=self.settings.task_timeout, results_dir=self.settings.results_path,
@@ -193,6 +184,7 @@ class Follower:
         listener = self.store.listen([group_topic(self.spec.lease_owner)])
         try:
             self.plan.broadcast_object(None)  # "ready": rank 0 wakes us only after this
+            self._report_memory()
             while True:
                 events = listener.wait(IDLE_POLL_MAX)
                 if not events and os.getppid() != self.spec.supervisor_pid:
@@ -213,5 +205,19 @@ class Follower:
                                                  TaskError(code=e.code, message=e.message))
                         if failed:
                             return EXIT_BROKEN
+                    self._report_memory()  # after the task: its peak included
         finally:
             listener.close()
+
+    def _report_memory(self) -> None:
+        """Followers do not heartbeat: they report their device memory when ready and after each task."""
+        try:
+            self.store.report_memory(self.spec.lease_owner, self.rank, _device_memory(self.engine))
+        except Exception as e:  # noqa: BLE001 - the figures are informative; serving goes on
+            log.warning("rank %d: device memory not reported: %s", self.rank, e)
+
+
+def _device_memory(engine: Any) -> dict[str, Any]:
+    from wanserve.engine.devices import memory_usage
+
+    return dict(memory_usage(engine.device))

@@ -43,7 +43,9 @@ class Heartbeat:
             self.lease_lost.clear()
 
     def _run(self) -> None:
-        while not self._stop.wait(self.interval):
+        first = True  # beat at once: the registry shows the loaded model's memory without waiting
+        while first or not self._stop.wait(self.interval):
+            first = False
             with self._lock:
                 task_id = self._task_id
             try:

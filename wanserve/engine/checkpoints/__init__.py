@@ -4,7 +4,10 @@
 """
 
 from wanserve.engine.checkpoints.detect import (
-    OfficialLayout, detect_official_variant, inspect_official_folder, is_official_folder,
+    OfficialLayout,
+    detect_official_variant,
+    inspect_official_folder,
+    is_official_folder,
 )
 
 __all__ = ["OfficialLayout", "detect_official_variant", "inspect_official_folder", "is_official_folder"]

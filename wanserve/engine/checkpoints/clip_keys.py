@@ -21,7 +21,13 @@ from pathlib import Path
 import torch
 
 from wanserve.engine.checkpoints.tensors import (
-    CheckpointKeyError, StateDict, assign_state_dict, count_blocks, empty_weights, need, open_pth,
+    CheckpointKeyError,
+    StateDict,
+    assign_state_dict,
+    count_blocks,
+    empty_weights,
+    need,
+    open_pth,
 )
 
 # Keys of the official file that Wan never uses, skipped on purpose (everything else must be used):

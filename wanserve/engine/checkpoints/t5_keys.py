@@ -14,7 +14,13 @@ from pathlib import Path
 import torch
 
 from wanserve.engine.checkpoints.tensors import (
-    CheckpointKeyError, StateDict, assign_state_dict, count_blocks, empty_weights, need, open_pth,
+    CheckpointKeyError,
+    StateDict,
+    assign_state_dict,
+    count_blocks,
+    empty_weights,
+    need,
+    open_pth,
 )
 
 # Fixed by Wan's umt5_xxl(): not recoverable from tensor shapes.

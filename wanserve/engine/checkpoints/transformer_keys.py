@@ -14,7 +14,14 @@ import torch
 
 from wanserve.engine.checkpoints.detect import DiTFiles
 from wanserve.engine.checkpoints.tensors import (
-    CheckpointKeyError, StateDict, assign_state_dict, count_blocks, empty_weights, need, open_safetensors, rename_with,
+    CheckpointKeyError,
+    StateDict,
+    assign_state_dict,
+    count_blocks,
+    empty_weights,
+    need,
+    open_safetensors,
+    rename_with,
 )
 from wanserve.variants import VariantSpec
 

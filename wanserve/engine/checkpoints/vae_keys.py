@@ -30,7 +30,13 @@ from pathlib import Path
 import torch
 
 from wanserve.engine.checkpoints.tensors import (
-    CheckpointKeyError, StateDict, assign_state_dict, empty_weights, need, open_pth, rename_with,
+    CheckpointKeyError,
+    StateDict,
+    assign_state_dict,
+    empty_weights,
+    need,
+    open_pth,
+    rename_with,
 )
 
 DIM_MULT = [1, 2, 4, 4]
