@@ -4,12 +4,12 @@ benchmark client, a browser's event stream, and the official OpenAI SDK.
 
 Requests are tiny (64x64, 5 frames, 2 steps: about a second each on 2 CPU cores). Prompt markers
 from tests/worker_support/hooks slow a task down ([slow=S]: S seconds per step) so it can be
-watched or cancelled while it runs."""
+watched or cancelled while it runs. The web page in Chromium, /metrics' step time and device
+memory: tests/test_operator_view.py."""
 
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import httpx
 import openai
@@ -252,42 +252,3 @@ def test_health_and_metrics_show_the_worker_and_the_outcomes(client):
     assert completed and float(completed[0].split()[-1]) >= 1
     assert 'wanserve_task_stage_seconds_count{stage="denoise"}' in metrics
     assert 'wanserve_worker_groups{state="idle"}' in metrics
-
-
-# ------------------------------------------------------------------ the web page
-CHROMIUM = next((p for p in ("/usr/bin/chromium", "/usr/bin/chromium-browser") if Path(p).exists()), None)
-
-
-@pytest.mark.browser
-@pytest.mark.skipif(CHROMIUM is None, reason="needs Chromium")
-def test_the_web_page_submits_follows_and_plays_a_video(service, tmp_path):
-    """The page (wanserve/api/static) against the real API: health badge, demo notice, a submission
-    with an uploaded first frame, live progress over SSE, and the finished video attached."""
-    from playwright.sync_api import sync_playwright
-
-    _, url = service
-    image = tmp_path / "frame.png"
-    image.write_bytes(png_bytes(64, 64))
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        try:
-            page = browser.new_page()
-            errors: list[str] = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(f"{url}/")
-            page.wait_for_selector("#health.ok", timeout=20_000)
-            assert "random weights" in page.text_content("#model") and page.is_visible("#demo-note")
-            page.fill("#prompt", "[slow=0.2] from the browser")
-            for name, value in (("image_size", "64*64"), ("num_frames", "5"), ("infer_steps", "3")):
-                page.fill(f"[name={name}]", value)
-            page.set_input_files("#image", str(image))
-            page.click("#submit-button")
-            task = page.locator(".task", has_text="from the browser")
-            task.locator(".status-chip.completed").wait_for(timeout=60_000)
-            assert "i2v" in task.locator(".task-kind").text_content()
-            video = task.locator("video")
-            page.wait_for_function("v => v.src.includes('/result/')", arg=video.element_handle(), timeout=10_000)
-            assert task.locator(".progress-text").text_content().startswith("done in")
-            assert errors == []
-        finally:
-            browser.close()

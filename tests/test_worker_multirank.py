@@ -37,6 +37,10 @@ def test_two_rank_group_serves_and_survives_a_killed_follower(tmp_path, demo_dat
         done = wait_for(lambda: (r := store.get(task_id)).terminal and r, 120, "the task")
         assert done.status is TaskStatus.completed, done.error
         served, _ = decode_mp4(done.result.video_path)
+        # Both ranks' memory in the registry: rank 0 by heartbeat, the follower after each task.
+        [memory] = wait_for(lambda: [m for m in store.get_group(group.id).memory if m.ranks == [0, 1]], 10,
+                            "both ranks' memory")
+        assert memory.device == "cpu" and memory.used_bytes > 2 * 50 * 1024 * 1024  # two processes with a model
 
         engine = WanEngine.from_settings(load_settings(model_ckpt_dir=model, data_dir=data))  # one process
         reference = engine.generate(engine.resolve(request)).frames
