@@ -93,6 +93,7 @@ async function submitForm(event) {
 // ---------------------------------------------------------------- task list
 function formatSeconds(seconds) {
   if (!isFinite(seconds) || seconds < 0) return "";
+  if (seconds < 10) return `${seconds.toFixed(1)} s`; // short tasks read "0.4 s", not "0 s"
   if (seconds < 60) return `${Math.round(seconds)} s`;
   const minutes = Math.floor(seconds / 60);
   return `${minutes} min ${Math.round(seconds - minutes * 60)} s`;
