@@ -513,3 +513,9 @@ def test_a_request_without_a_seed_gets_one_at_submit(client):
     again = client.post("/submit", json={**TINY, "prompt": "keyed"}, headers=key).json()
     assert once["task_id"] == again["task_id"] and once["request"]["seed"] == again["request"]["seed"]
     assert submit(client, seed=0)["request"]["seed"] == 0
+
+
+def test_validation_messages_read_as_sentences(client):
+    bad = client.post("/submit", json={**TINY, "prompt": "x", "image_size": "huge"})
+    assert bad.status_code == 422
+    assert error_of(bad)["message"] == "image_size: 'huge' is not a size; write it as W*H or WxH, e.g. 832*480"

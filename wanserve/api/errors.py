@@ -91,13 +91,18 @@ def field_of(location: Sequence[Any]) -> str | None:
     return ".".join(parts) or None
 
 
+def validation_message(error: dict[str, Any]) -> str:
+    """pydantic's message for one error, without the "Value error, " it puts before our own validators'."""
+    return str(error.get("msg", "invalid value")).removeprefix("Value error, ")
+
+
 def from_validation_errors(errors: Sequence[dict[str, Any]]) -> ApiError:
     """The first validation error, named by its field; the others are summarised after it."""
     if not errors:
         return ApiError(422, "invalid_request", "the request is not valid")
     first = errors[0]
     field = field_of(first.get("loc", ()))
-    message = str(first.get("msg", "invalid value"))
+    message = validation_message(first)
     if first.get("type") == "extra_forbidden":
         message = "unknown field"
     if first.get("type") == "json_invalid":

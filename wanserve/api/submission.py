@@ -11,7 +11,7 @@ import anyio.to_thread
 from pydantic import ValidationError
 
 from wanserve.api.auth import Caller
-from wanserve.api.errors import ApiError, field_of
+from wanserve.api.errors import ApiError, field_of, validation_message
 from wanserve.api.inputs import InputFolder, InputKind, InputSource, RemoteFetcher, read_source
 from wanserve.api.served_model import ModelNotServed, ServedModels
 from wanserve.request import GenerationRequest, RequestError, resolve
@@ -67,7 +67,7 @@ def _generation_request(submission: Submission, **values) -> GenerationRequest:
     except ValidationError as e:
         first = e.errors()[0]
         name = submission.client_name(field_of(first.get("loc", ())))
-        raise ApiError(422, "invalid_request", f"{name}: {first.get('msg')}", name) from None
+        raise ApiError(422, "invalid_request", f"{name}: {validation_message(first)}", name) from None
 
 
 async def submit(submission: Submission, caller: Caller, *, store: TaskStore, models: ServedModels,
