@@ -4,6 +4,7 @@ test images, and a worker service in subprocesses (the task-service engineer's S
 from __future__ import annotations
 
 import base64
+import contextlib
 import http.server
 import io
 import json
@@ -17,7 +18,7 @@ import httpx
 import uvicorn
 from conftest import free_port
 from PIL import Image
-from worker_support import wait_for
+from worker_support import ServiceProcess, service_env, wait_for
 
 from wanserve.settings import Settings
 
@@ -152,3 +153,26 @@ def write(path: Path, data: bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
     return path
+
+
+@contextlib.contextmanager
+def running_service(data: Path, demo_model: Path, **settings: Any) -> Iterator[tuple[ServiceProcess, str]]:
+    """`wanserve serve` (API + one worker group on the demo model) on a free port, once /health is 200."""
+    port = free_port()
+    svc = ServiceProcess(data, service_env(data, demo_model, None, server_port=port, **settings),
+                         command="serve").start()
+    url = f"http://127.0.0.1:{port}"
+
+    def serving() -> bool:
+        if not svc.alive():
+            raise AssertionError(f"the service exited:\n{svc.log()[-3000:]}")
+        try:
+            return httpx.get(f"{url}/health", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        wait_for(serving, 120, "the service to serve", interval=0.25)
+        yield svc, url
+    finally:
+        svc.stop()

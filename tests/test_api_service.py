@@ -14,9 +14,17 @@ import time
 import httpx
 import openai
 import pytest
-from api_support import ImageServer, data_url, error_of, png_bytes, poll_status, sse_events, wait_for
-from conftest import decode_mp4, free_port
-from worker_support import ServiceProcess, service_env
+from api_support import (
+    ImageServer,
+    data_url,
+    error_of,
+    png_bytes,
+    poll_status,
+    running_service,
+    sse_events,
+    wait_for,
+)
+from conftest import decode_mp4
 
 from wanserve.ops.bench_client import BenchConfig, run_bench
 
@@ -33,25 +41,9 @@ def image_server():
 @pytest.fixture(scope="module")
 def service(tmp_path_factory, demo_data_dir):
     data = tmp_path_factory.mktemp("api-service")
-    port = free_port()
-    env = service_env(data, demo_data_dir / "demo-model", None, server_port=port, allowed_image_hosts="127.0.0.1",
-                      lease_seconds=10, task_timeout=120)
-    svc = ServiceProcess(data, env, command="serve").start()
-    url = f"http://127.0.0.1:{port}"
-
-    def serving():
-        if not svc.alive():
-            raise AssertionError(f"the service exited:\n{svc.log()[-3000:]}")
-        try:
-            return httpx.get(f"{url}/health", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    try:
-        wait_for(serving, 120, "the service to serve", interval=0.25)
-        yield svc, url
-    finally:
-        svc.stop()
+    with running_service(data, demo_data_dir / "demo-model", allowed_image_hosts="127.0.0.1",
+                         lease_seconds=10, task_timeout=120) as running:
+        yield running
 
 
 @pytest.fixture

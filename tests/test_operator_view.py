@@ -16,10 +16,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from api_support import LiveApi, png_bytes
-from conftest import decode_mp4, free_port
+from api_support import LiveApi, png_bytes, running_service
+from conftest import decode_mp4
 from prometheus_client.parser import text_string_to_metric_families
-from worker_support import ServiceProcess, service_env, wait_for
+from worker_support import wait_for
 
 from wanserve.settings import load_settings
 
@@ -43,25 +43,8 @@ def browser_test(test):
 def service(tmp_path_factory, demo_data_dir):
     """(DATA_DIR, base URL) of `wanserve serve` on the demo model, serving."""
     data = tmp_path_factory.mktemp("operator-view")
-    port = free_port()
-    env = service_env(data, demo_data_dir / "demo-model", None, server_port=port, lease_seconds=10,
-                      task_timeout=120)
-    svc = ServiceProcess(data, env, command="serve").start()
-    url = f"http://127.0.0.1:{port}"
-
-    def serving() -> bool:
-        if not svc.alive():
-            raise AssertionError(f"the service exited:\n{svc.log()[-3000:]}")
-        try:
-            return httpx.get(f"{url}/health", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    try:
-        wait_for(serving, 120, "the service to serve", interval=0.25)
+    with running_service(data, demo_data_dir / "demo-model", lease_seconds=10, task_timeout=120) as (_, url):
         yield data, url
-    finally:
-        svc.stop()
 
 
 @pytest.fixture(scope="module")
