@@ -98,12 +98,11 @@ def check_hardware(settings: Settings) -> list[Check]:
     checks.append(Check("devices", status, detail, fix, {"kind": info.kind, "count": info.count}))
     try:
         from wanserve.engine.distributed.layout import validate_layout
+        from wanserve.worker.placement import plan_groups
 
         layout = validate_layout(settings, settings.group_size, info)
-        groups = max(1, info.count // layout.size) if info.kind != "cpu" else 1
-        if settings.worker_groups:
-            groups = settings.worker_groups
-        checks.append(Check("layout", "ok", f"{groups} group(s) of {layout.describe()}, "
+        groups = plan_groups(settings)  # exactly what the supervisor will start
+        checks.append(Check("layout", "ok", f"{len(groups)} group(s) of {layout.describe()}, "
                                             f"attention {layout.attention_backend}, dist {info.dist_backend}"))
     except SettingsError as e:
         checks.append(Check("layout", "fail", str(e), "change the layout settings named above"))
