@@ -16,8 +16,8 @@ from official_reference import T5Encoder, Wan21VAE, Wan22VAE, WanModel, XLMRober
 from safetensors.torch import save_file
 
 from wanserve.engine.checkpoints import detect
-from wanserve.engine.tiny_model import DEMO_MARKER, _train_tokenizer
-from wanserve.variants import VARIANTS
+from wanserve.engine.tiny_model import _train_tokenizer
+from wanserve.variants import DEMO_MARKER, VARIANTS
 
 DIT = dict(dim=24, ffn_dim=32, freq_dim=256, num_heads=2, num_layers=2, eps=1e-6)
 T5 = dict(dim=32, dim_attn=32, dim_ffn=64, num_heads=4, num_layers=2, num_buckets=32)

@@ -1,30 +1,25 @@
-"""The API knows the served model without torch: its copies of the engine's demo constants and
-labels must agree with the engine, for every variant's folder."""
+"""The API knows the served model without torch (from configs, through wanserve.variants): the
+label it shows must be the one the engine reports once it has loaded the folder, for every variant."""
 
 from __future__ import annotations
 
-from wanserve.api import served_model
 from wanserve.api.served_model import configured_model, models_of
-from wanserve.engine import components, tiny_model
+from wanserve.engine.engine import EngineOptions, WanEngine
 from wanserve.settings import load_settings
 from wanserve.tasks import GroupRecord, GroupState
 
 
-def test_the_demo_constants_match_the_engine():
-    assert served_model.DEMO_VARIANT == tiny_model.DEMO_VARIANT
-    assert served_model.DEMO_MARKER == tiny_model.DEMO_MARKER
-    assert served_model.DEMO_LABEL == components.DEMO_LABEL
-
-
-def test_configured_model_matches_what_the_engine_would_report(tiny_models, demo_data_dir, tmp_path):
+def test_configured_model_matches_what_the_engine_reports(tiny_models, demo_data_dir, tmp_path):
     for name, folder in tiny_models.items():
         model = configured_model(load_settings(data_dir=tmp_path, model_ckpt_dir=folder))
         assert model.variant.name == name
-        expected = components.model_name(folder, model.variant) + f" ({components.DEMO_LABEL})"
-        assert model.label == expected
+        engine = WanEngine.load(folder, EngineOptions(device="cpu"))
+        assert model.label == engine.model_label and model.variant is engine.variant
+        assert model.label.endswith(" (demo, random weights)")
     demo = configured_model(load_settings(data_dir=demo_data_dir, model_ckpt_dir=demo_data_dir / "demo-model"))
     unset = configured_model(load_settings(data_dir=tmp_path))
-    assert demo == unset and unset.label == f"wanserve-demo ({components.DEMO_LABEL})"
+    assert demo == unset and unset.label == "wanserve-demo (demo, random weights)"
+    assert unset.label == WanEngine.load(None, EngineOptions(device="cpu"), data_dir=demo_data_dir).model_label
     broken = configured_model(load_settings(data_dir=tmp_path, model_ckpt_dir=tmp_path / "missing"))
     assert "not loadable" in broken.label
 

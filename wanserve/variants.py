@@ -156,3 +156,39 @@ def detect_diffusers_variant(folder: Path) -> VariantSpec:
 
 def is_diffusers_folder(folder: Path) -> bool:
     return (folder / "model_index.json").is_file()
+
+
+# --- How a model folder is named to users (the engine, task records, /health and the API agree) ---
+DEMO_VARIANT = "wan2.2-ti2v-5b"  # the built-in demo model: serves both t2v and i2v
+DEMO_MARKER = "wanserve_demo.json"  # written by make_tiny_model: the folder holds random weights
+DEMO_NAME = "wanserve-demo"
+DEMO_LABEL = "demo, random weights"
+
+
+def _read_marker(folder: Path) -> dict | None:
+    """The random-weights marker of a folder: None when absent, {} when unreadable."""
+    try:
+        value = json.loads((Path(folder) / DEMO_MARKER).read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def is_random_weights(folder: Path) -> bool:
+    """True for folders written by make_tiny_model (their output is noise)."""
+    return _read_marker(folder) is not None
+
+
+def model_name(folder: Path, variant: VariantSpec) -> str:
+    marker = _read_marker(folder)
+    if marker is not None and marker.get("demo"):
+        return DEMO_NAME
+    return f"{variant.name}:{Path(folder).name}"
+
+
+def model_label(folder: Path, variant: VariantSpec) -> str:
+    """The name users see: '... (demo, random weights)' for tiny and demo models."""
+    name = model_name(folder, variant)
+    return f"{name} ({DEMO_LABEL})" if is_random_weights(folder) else name

@@ -8,30 +8,26 @@ official Wan folder, both detected torch-free), or, when it is unset, the built-
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 from wanserve.engine.checkpoints.detect import detect_official_variant, is_official_folder
 from wanserve.settings import Settings
 from wanserve.tasks import GroupRecord, GroupState, TaskStore
 from wanserve.variants import (
+    DEMO_LABEL,
+    DEMO_NAME,
+    DEMO_VARIANT,
     VARIANTS,
     ModelFolderError,
     Task,
     VariantSpec,
     detect_diffusers_variant,
     is_diffusers_folder,
+    model_label,
 )
 
-# Repeated from wanserve.engine.tiny_model (DEMO_VARIANT, DEMO_MARKER) and engine.components
-# (DEMO_LABEL, model_name()): those modules import torch. A test checks they agree.
-DEMO_VARIANT = "wan2.2-ti2v-5b"
-DEMO_LABEL = "demo, random weights"
-DEMO_MARKER = "wanserve_demo.json"
-DEMO_NAME = "wanserve-demo"
 REGISTRY_TTL = 2.0  # seconds a registry read is reused (submissions read it every time)
 SERVING_STATES = (GroupState.idle, GroupState.busy, GroupState.starting, GroupState.restarting)
 
@@ -120,7 +116,7 @@ def models_of(groups: list[GroupRecord]) -> list[ServedModel]:
 
 
 def configured_model(settings: Settings) -> ServedModel:
-    """The model MODEL_CKPT_DIR names, labelled as the engine labels it (components.model_name)."""
+    """The model MODEL_CKPT_DIR names, labelled as the engine labels it (variants.model_label)."""
     folder = settings.model_ckpt_dir
     if folder is None:
         return ServedModel(VARIANTS[DEMO_VARIANT], f"{DEMO_NAME} ({DEMO_LABEL})")
@@ -135,16 +131,4 @@ def configured_model(settings: Settings) -> ServedModel:
         # The worker groups report the problem (/health shows their error); meanwhile requests
         # are checked against the most common variant rather than all refused.
         return ServedModel(VARIANTS["wan2.1-t2v"], f"{folder.name} (not loadable)")
-    marker = _read_marker(folder / DEMO_MARKER)
-    if marker is None:
-        return ServedModel(variant, f"{variant.name}:{folder.name}")
-    name = DEMO_NAME if marker.get("demo") else f"{variant.name}:{folder.name}"
-    return ServedModel(variant, f"{name} ({DEMO_LABEL})")
-
-
-def _read_marker(path: Path) -> dict | None:
-    try:
-        value = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return value if isinstance(value, dict) else {}
+    return ServedModel(variant, model_label(folder, variant))

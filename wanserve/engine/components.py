@@ -9,10 +9,15 @@ from typing import Any
 
 import torch
 
-from wanserve.engine.tiny_model import DEMO_MARKER, is_random_weights
-from wanserve.variants import ModelFolderError, VariantSpec, detect_diffusers_variant, is_diffusers_folder
-
-DEMO_LABEL = "demo, random weights"
+from wanserve.variants import (
+    DEMO_LABEL,
+    ModelFolderError,
+    VariantSpec,
+    detect_diffusers_variant,
+    is_diffusers_folder,
+    is_random_weights,
+    model_name,
+)
 
 
 @dataclass
@@ -38,13 +43,6 @@ class WanComponents:
     @property
     def experts(self) -> list[torch.nn.Module]:
         return [m for m in (self.transformer, self.transformer_2) if m is not None]
-
-
-def model_name(folder: Path, variant: VariantSpec) -> str:
-    marker = folder / DEMO_MARKER
-    if marker.is_file() and json.loads(marker.read_text()).get("demo"):
-        return "wanserve-demo"
-    return f"{variant.name}:{folder.name}"
 
 
 def load_diffusers_folder(folder: Path, dtype: torch.dtype, vae_dtype: torch.dtype) -> WanComponents:

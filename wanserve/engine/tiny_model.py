@@ -14,10 +14,7 @@ from pathlib import Path
 
 import torch
 
-from wanserve.variants import VARIANTS, ModelFolderError, VariantSpec
-
-DEMO_VARIANT = "wan2.2-ti2v-5b"  # serves both t2v and i2v
-DEMO_MARKER = "wanserve_demo.json"
+from wanserve.variants import DEMO_MARKER, DEMO_VARIANT, VARIANTS, ModelFolderError, VariantSpec
 
 TEXT_DIM = 32
 HEADS = 2
@@ -172,11 +169,6 @@ def make_tiny_model(folder: Path, variant_name: str, seed: int = 0, demo: bool =
             folder.rmdir()
         shutil.move(str(staging), str(folder))
     return folder
-
-
-def is_random_weights(folder: Path) -> bool:
-    """True for folders written by make_tiny_model (their output is noise)."""
-    return (Path(folder) / DEMO_MARKER).is_file()
 
 
 def ensure_demo_model(data_dir: Path) -> Path:

@@ -12,8 +12,7 @@ import tempfile
 from pathlib import Path
 
 from wanserve.engine.checkpoints.detect import inspect_official_folder
-from wanserve.engine.tiny_model import DEMO_MARKER
-from wanserve.variants import ModelFolderError
+from wanserve.variants import DEMO_MARKER, ModelFolderError
 
 MAX_SHARD_SIZE = "5GB"  # bounds the memory safetensors needs while writing one shard
 

@@ -49,8 +49,8 @@ def load_tokenizer(folder: Path):
 def load_official_folder(folder: Path, dtype: torch.dtype | None, vae_dtype: torch.dtype | None):
     """WanComponents of an official Wan folder. dtype / vae_dtype None keep the stored dtypes
     (what `wanserve convert` writes); otherwise the engine's choices (bf16 DiT and T5, fp32 VAE)."""
-    from wanserve.engine.components import WanComponents, model_name
-    from wanserve.engine.tiny_model import is_random_weights
+    from wanserve.engine.components import WanComponents
+    from wanserve.variants import is_random_weights, model_name
 
     layout: OfficialLayout = inspect_official_folder(folder)
     variant = layout.variant
